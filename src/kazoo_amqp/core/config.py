@@ -1,0 +1,1009 @@
+"""The TOML config: every ``kazoo`` module parameter of spec §2 plus kazoo-amqp's own keys.
+
+The keys are the module's parameter names (``modparam("kazoo", "NAME", VALUE)`` becomes
+``NAME = VALUE``), with the same defaults, plus our own keys (``routes``, ``socket``,
+``publish_buffer_size``, …). :func:`settings_from_mapping` turns the parsed TOML table into one
+frozen :class:`Settings`; it is pure. :func:`load_config` is the one function that reads a file.
+
+Rules (the deliberate differences from C are listed in ``docs/compat-config.md``):
+
+* An unknown key is an error, with a "did you mean" suggestion.
+* Every error names the key, the value and the fix::
+
+      config key 'amqp_consumer_processes' = -1: must be a positive integer (number of worker
+      processes running event routes), e.g. amqp_consumer_processes = 4
+
+* Integers are TOML integers; ``true``/``false`` are accepted for them as 1/0. Flags (the C
+  module's 0/1 ints) take ``true``/``false`` or ``1``/``0``.
+* Timer pairs ``NAME_sec`` / ``NAME_micro`` become one float field ``NAME`` in seconds. ``NAME``
+  itself (seconds, may be fractional) is accepted instead of the pair. ``_micro`` must be
+  0..999999 and ``_sec`` non-negative; ``amqp_query_timeout`` and ``amqp_connect_timeout`` must
+  not be 0 (C would wait forever or fail every connect; we never block forever).
+* ``amqp_connection`` is a string or a list of strings, in failover order; server ids are 1..n in
+  that order. ``amqp_primary_zone`` applies whatever the key order (C only honours it when set
+  before the first ``amqp_connection``). At least one broker must be in the primary zone.
+* ``amqp_consumer_processes`` is the number of worker processes that run event routes (default
+  4, the meaning and default of the module's documentation); ``amqp_consumer_workers`` is a
+  synonym. Both may be given only with the same value.
+* Keys that are accepted but have no effect here (§2.2 and a few of §2.1) are validated like the
+  others and, when the file sets them, produce one line each in :attr:`Settings.notes`.
+* Relative paths (``routes`` when it is a path, ``socket``, sqlite ``db_url``, ``unix:``
+  ``kamailio_rpc``) are resolved against the directory of the config file.
+* ``db_url`` uses Kamailio's form: ``sqlite://`` followed by the file's path (so
+  ``sqlite:///var/lib/kazoo.db`` is absolute), ``postgres://``, ``postgresql://`` or
+  ``mysql://USER:PASSWORD@HOST[:PORT]/DATABASE``. A sqlite URL is stored with an absolute path
+  (``sqlite://`` + ``/abs/path``); :func:`sqlite_path` returns that path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os.path
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
+from kazoo_amqp.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONNECTION",
+    "KNOWN_KEYS",
+    "EncodeHighBytes",
+    "LateReplies",
+    "Settings",
+    "describe",
+    "load_config",
+    "settings_from_mapping",
+    "sqlite_path",
+]
+
+EncodeHighBytes = Literal["utf8", "x86"]
+LateReplies = Literal["drop", "route"]
+
+#: The broker used when the config has no ``amqp_connection``.
+DEFAULT_CONNECTION = "amqp://guest:guest@127.0.0.1:5672"
+_MAX_WORKERS = 1024
+_MAX_SHORT = 65535
+_MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the NUL
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_DB_SCHEMES = ("sqlite", "postgres", "postgresql", "mysql")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the daemon needs from the config file, validated.
+
+    Field names are the module's parameter names; timer pairs are one float in seconds.
+    ``workers`` comes from ``amqp_consumer_processes`` (or its synonym ``amqp_consumer_workers``).
+    ``notes`` are lines for the log: keys the file set that are accepted but have no effect, and
+    defaults worth knowing about.
+    """
+
+    # --- §2.1: parameters with an effect --------------------------------------------------
+    node_hostname: str
+    brokers: tuple[BrokerSpec, ...]
+    socket: str
+    db_url: str
+    app_version: str
+    amqp_primary_zone: str = "local"
+    amqp_max_channels: int = 50
+    workers: int = 4
+    amqp_consumer_event_key: str = "Event-Category"
+    amqp_consumer_event_subkey: str = "Event-Name"
+    amqp_query_timeout: float = 2.0
+    amqp_query_timeout_avp: str | None = None  # accepted; not applicable (no pseudo-variables)
+    amqp_connect_timeout: float = 0.2
+    amqp_heartbeats: int = 0
+    amqps_ca_cert: str | None = None
+    amqps_cert: str | None = None
+    amqps_key: str | None = None
+    amqps_verify_peer: bool = True
+    amqps_verify_hostname: bool = True
+    amqp_waitframe_timeout: float = 0.1  # accepted; no effect
+    amqp_command_hashtable_size: int = 2048  # accepted; no effect
+    json_escape_char: str = "%"
+    app_name: str = "kamailio"
+    event_callback: str | None = None
+    pua_mode: bool = True
+    presentity_table: str = "presentity"
+    pua_include_entity: bool = True
+    pua_lock_type: int = 1
+    # --- §2.2: accepted, no effect ----------------------------------------------------------
+    amqp_timer_process_interval: int = 200
+    amqp_consumer_ack_timeout: float = 0.1
+    amqp_interprocess_timeout: float = 0.1
+    amqp_internal_loop_count: int = 5
+    amqp_consumer_loop_count: int = 10
+    amqp_consumer_ack_loop_count: int = 20
+    consume_messages_on_reconnect: bool = True
+    single_consumer_on_reconnect: bool = True
+    use_federated_exchange: bool = False
+    federated_exchange: str = "federation"
+    presence_use_full_entity: bool = False
+    amqp_result_avp: str = "$avp(amqp_result)"
+    # --- kazoo-amqp's own keys --------------------------------------------------------------
+    routes: str | None = None
+    publish_buffer_size: int = 10000
+    publish_buffer_timeout_ms: int = 10000
+    publish_confirm_timeout_ms: int = 5000
+    prefetch: int = 256
+    handler_timeout_ms: int = 30000
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_redeliveries: int = 2
+    reconnect_min_ms: int = 100
+    reconnect_max_ms: int = 10000
+    encode_high_bytes: EncodeHighBytes = "utf8"
+    late_replies: LateReplies = "drop"
+    kamailio_rpc: str | None = None
+    log_level: str = "info"
+    notes: tuple[str, ...] = ()
+
+
+# Timer pairs: Settings field -> (default seconds, 0 allowed).
+_TIMERS: dict[str, tuple[float, bool]] = {
+    "amqp_query_timeout": (2.0, False),
+    "amqp_connect_timeout": (0.2, False),
+    "amqp_waitframe_timeout": (0.1, True),
+    "amqp_consumer_ack_timeout": (0.1, True),
+    "amqp_interprocess_timeout": (0.1, True),
+}
+
+# Accepted keys that have no effect here, and why (one note each when the file sets them).
+_IGNORED: dict[str, str] = {
+    "amqp_query_timeout_avp": (
+        "not applicable: there are no pseudo-variables; pass timeout_ms to kz.query instead"
+    ),
+    "amqp_waitframe_timeout": "our AMQP client reads frames as they arrive; nothing waits on one",
+    "amqp_command_hashtable_size": "pending queries are kept in a dict keyed by Msg-ID",
+    "amqp_timer_process_interval": (
+        "query deadlines are timers in the manager; there is no timer process "
+        "(C never starts one either)"
+    ),
+    "amqp_consumer_ack_timeout": (
+        "legacy (Kamailio <= 4.3) ack sub-loop; acks go out as soon as a delivery's outcome "
+        "is known"
+    ),
+    "amqp_interprocess_timeout": (
+        "legacy (Kamailio <= 4.3) command sub-loop; socket requests are served as they arrive"
+    ),
+    "amqp_internal_loop_count": (
+        "legacy (Kamailio <= 4.3) command sub-loop; socket requests are served as they arrive"
+    ),
+    "amqp_consumer_loop_count": (
+        "legacy (Kamailio <= 4.3) consume sub-loop; the flow of deliveries is bounded by prefetch"
+    ),
+    "amqp_consumer_ack_loop_count": (
+        "legacy (Kamailio <= 4.3) ack sub-loop; acks go out as outcomes arrive"
+    ),
+    "consume_messages_on_reconnect": (
+        "legacy (Kamailio <= 4.3); after a reconnect deliveries resume at once, bounded by "
+        "prefetch"
+    ),
+    "single_consumer_on_reconnect": (
+        "legacy (Kamailio <= 4.3); to keep per-key order use consistent-worker in a subscription"
+    ),
+    "use_federated_exchange": "never read by the C module either; use federate in a subscription",
+    "federated_exchange": "never read by the C module either; use federate in a subscription",
+    "presence_use_full_entity": "never read by the C module either",
+    "amqp_result_avp": "there are no pseudo-variables; kz.query returns the reply",
+}
+
+
+def _timer_keys(name: str) -> tuple[str, str, str]:
+    return name, f"{name}_sec", f"{name}_micro"
+
+
+#: Every key a config file may contain.
+KNOWN_KEYS: frozenset[str] = frozenset(
+    {
+        # §2.1
+        "node_hostname",
+        "amqp_connection",
+        "amqp_primary_zone",
+        "amqp_max_channels",
+        "amqp_consumer_processes",
+        "amqp_consumer_workers",
+        "amqp_consumer_event_key",
+        "amqp_consumer_event_subkey",
+        "amqp_query_timeout_avp",
+        "amqp_heartbeats",
+        "amqps_ca_cert",
+        "amqps_cert",
+        "amqps_key",
+        "amqps_verify_peer",
+        "amqps_verify_hostname",
+        "amqp_command_hashtable_size",
+        "json_escape_char",
+        "app_name",
+        "event_callback",
+        "pua_mode",
+        "db_url",
+        "presentity_table",
+        "pua_include_entity",
+        "pua_lock_type",
+        # §2.2
+        "amqp_timer_process_interval",
+        "amqp_timmer_process_interval",
+        "amqp_internal_loop_count",
+        "amqp_consumer_loop_count",
+        "amqp_consumer_ack_loop_count",
+        "consume_messages_on_reconnect",
+        "single_consumer_on_reconnect",
+        "use_federated_exchange",
+        "federated_exchange",
+        "presence_use_full_entity",
+        "amqp_result_avp",
+        # ours
+        "routes",
+        "socket",
+        "app_version",
+        "publish_buffer_size",
+        "publish_buffer_timeout_ms",
+        "publish_confirm_timeout_ms",
+        "prefetch",
+        "handler_timeout_ms",
+        "max_message_bytes",
+        "max_redeliveries",
+        "reconnect_min_ms",
+        "reconnect_max_ms",
+        "encode_high_bytes",
+        "late_replies",
+        "kamailio_rpc",
+        "log_level",
+    }
+    | {key for name in _TIMERS for key in _timer_keys(name)}
+)
+
+
+def load_config(path: str, *, default_app_version: str) -> Settings:
+    """Read the TOML file at ``path`` and return its validated :class:`Settings`.
+
+    Relative paths inside the file are resolved against the file's directory.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML (the message gives line and column),
+            or a key is wrong; messages start with the file name.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path!r} cannot be read ({exc.strerror or exc}); "
+            "pass an existing file with --config FILE"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path!r} is not valid TOML: not UTF-8 text (byte {exc.start})"
+        ) from None
+    base_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        return settings_from_mapping(data, base_dir=base_dir, default_app_version=default_app_version)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}", key=exc.key) from None
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], *, base_dir: str, default_app_version: str
+) -> Settings:
+    """Validate a parsed config table and build :class:`Settings`.
+
+    Args:
+        data: the TOML document as a mapping (key -> value).
+        base_dir: directory that relative paths are resolved against (the config file's).
+        default_app_version: ``app_version`` when the file does not set it.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or value, or a missing ``node_hostname``;
+            the message names the key, the value and the fix.
+    """
+    _reject_unknown(data)
+    r = _Reader(data)
+    notes: list[str] = []
+
+    node_hostname = r.string("node_hostname", None, meaning="this node's host name", nonempty=True)
+    primary_zone = r.string(
+        "amqp_primary_zone", "local", meaning="name of the primary zone", nonempty=True
+    )
+    if ";" in primary_zone:
+        raise r.error("amqp_primary_zone", "must not contain ';'", '"local"')
+    brokers = _brokers(data, primary_zone, notes)
+    workers = _workers(r)
+
+    timers = {name: r.timer(name, default, zero_ok=zero_ok) for name, (default, zero_ok) in _TIMERS.items()}
+
+    amqps_cert = r.optional_string("amqps_cert", meaning="client certificate file (PEM)")
+    amqps_key = r.optional_string("amqps_key", meaning="client private key file (PEM)")
+    if (amqps_cert is None) != (amqps_key is None):
+        given, missing = ("amqps_cert", "amqps_key") if amqps_cert else ("amqps_key", "amqps_cert")
+        raise r.error(
+            given,
+            f"is set but {missing} is not; a client certificate needs both "
+            "(the C module silently ignores one without the other)",
+            f'"/etc/kazoo-amqp/client.pem" and {missing} = "…"',
+        )
+    verify_peer = r.flag("amqps_verify_peer", True, meaning="verify the broker's certificate")
+    verify_hostname = r.flag(
+        "amqps_verify_hostname", True, meaning="check the broker's host name in its certificate"
+    )
+    if verify_hostname and not verify_peer:
+        notes.append(
+            "amqps_verify_hostname has no effect while amqps_verify_peer = 0: "
+            "an unverified certificate's host name is not checked"
+        )
+
+    escape = r.string("json_escape_char", "%", meaning="escape for '.' inside JSON path segments")
+    if len(escape) > 1:
+        notes.append(
+            f"json_escape_char = {_show(escape)}: only the first character {escape[0]!r} is used"
+        )
+
+    event_callback = r.optional_string(
+        "event_callback", meaning="function of the routes module called for every event"
+    )
+    if event_callback is not None and not event_callback.isidentifier():
+        raise r.error(
+            "event_callback", "must be a Python function name", '"ksr_kazoo_event"'
+        )
+
+    timer_interval = _timer_process_interval(r)
+
+    reconnect_min = r.integer(
+        "reconnect_min_ms", 100, minimum=1, meaning="first reconnect delay in milliseconds"
+    )
+    reconnect_max = r.integer(
+        "reconnect_max_ms", 10000, minimum=1, meaning="longest reconnect delay in milliseconds"
+    )
+    if reconnect_max < reconnect_min:
+        raise r.error(
+            "reconnect_max_ms",
+            f"must not be less than reconnect_min_ms ({reconnect_min})",
+            str(max(reconnect_min, 10000)),
+        )
+
+    settings = Settings(
+        node_hostname=node_hostname,
+        brokers=brokers,
+        socket=_socket(r, base_dir),
+        db_url=_db_url(r, base_dir),
+        app_version=r.string(
+            "app_version", default_app_version, meaning="value of App-Version", nonempty=True
+        ),
+        amqp_primary_zone=primary_zone,
+        amqp_max_channels=r.integer(
+            "amqp_max_channels",
+            50,
+            minimum=1,
+            maximum=_MAX_SHORT,
+            meaning="channels, and reply queues, per broker",
+        ),
+        workers=workers,
+        amqp_consumer_event_key=r.string(
+            "amqp_consumer_event_key",
+            "Event-Category",
+            meaning="JSON field naming the event category",
+            nonempty=True,
+        ),
+        amqp_consumer_event_subkey=r.string(
+            "amqp_consumer_event_subkey",
+            "Event-Name",
+            meaning="JSON field naming the event name",
+            nonempty=True,
+        ),
+        amqp_query_timeout=timers["amqp_query_timeout"],
+        amqp_query_timeout_avp=r.optional_string(
+            "amqp_query_timeout_avp", meaning="accepted for compatibility"
+        ),
+        amqp_connect_timeout=timers["amqp_connect_timeout"],
+        amqp_heartbeats=r.integer(
+            "amqp_heartbeats",
+            0,
+            minimum=0,
+            maximum=_MAX_SHORT,
+            meaning="AMQP heartbeat interval in seconds, 0 = off",
+        ),
+        amqps_ca_cert=r.optional_string("amqps_ca_cert", meaning="CA bundle file (PEM)"),
+        amqps_cert=amqps_cert,
+        amqps_key=amqps_key,
+        amqps_verify_peer=verify_peer,
+        amqps_verify_hostname=verify_hostname,
+        amqp_waitframe_timeout=timers["amqp_waitframe_timeout"],
+        amqp_command_hashtable_size=r.integer(
+            "amqp_command_hashtable_size", 2048, minimum=1, meaning="accepted for compatibility"
+        ),
+        json_escape_char=escape[:1],
+        app_name=r.string("app_name", "kamailio", meaning="value of App-Name"),
+        event_callback=event_callback,
+        pua_mode=r.flag("pua_mode", True, meaning="1 enables kz.pua_publish"),
+        presentity_table=_presentity_table(r),
+        pua_include_entity=r.flag(
+            "pua_include_entity", True, meaning="add <target uri=…/> to dialog bodies"
+        ),
+        pua_lock_type=r.integer(
+            "pua_lock_type",
+            1,
+            minimum=0,
+            maximum=2,
+            meaning="table lock for presentity writes: 0 none, 1 write, 2 full",
+        ),
+        amqp_timer_process_interval=timer_interval,
+        amqp_consumer_ack_timeout=timers["amqp_consumer_ack_timeout"],
+        amqp_interprocess_timeout=timers["amqp_interprocess_timeout"],
+        amqp_internal_loop_count=r.integer(
+            "amqp_internal_loop_count", 5, minimum=1, meaning="accepted for compatibility"
+        ),
+        amqp_consumer_loop_count=r.integer(
+            "amqp_consumer_loop_count", 10, minimum=1, meaning="accepted for compatibility"
+        ),
+        amqp_consumer_ack_loop_count=r.integer(
+            "amqp_consumer_ack_loop_count", 20, minimum=1, meaning="accepted for compatibility"
+        ),
+        consume_messages_on_reconnect=r.flag(
+            "consume_messages_on_reconnect", True, meaning="accepted for compatibility"
+        ),
+        single_consumer_on_reconnect=r.flag(
+            "single_consumer_on_reconnect", True, meaning="accepted for compatibility"
+        ),
+        use_federated_exchange=r.flag(
+            "use_federated_exchange", False, meaning="accepted for compatibility"
+        ),
+        federated_exchange=r.string(
+            "federated_exchange", "federation", meaning="accepted for compatibility"
+        ),
+        presence_use_full_entity=r.flag(
+            "presence_use_full_entity", False, meaning="accepted for compatibility"
+        ),
+        amqp_result_avp=r.string(
+            "amqp_result_avp", "$avp(amqp_result)", meaning="accepted for compatibility"
+        ),
+        routes=_routes(r, base_dir),
+        publish_buffer_size=r.integer(
+            "publish_buffer_size",
+            10000,
+            minimum=0,
+            meaning="messages kept while no broker is reachable, 0 = no buffer",
+        ),
+        publish_buffer_timeout_ms=r.integer(
+            "publish_buffer_timeout_ms",
+            10000,
+            minimum=1,
+            meaning="how long a buffered message may wait for a broker, in milliseconds",
+        ),
+        publish_confirm_timeout_ms=r.integer(
+            "publish_confirm_timeout_ms",
+            5000,
+            minimum=1,
+            meaning="how long to wait for the broker's publish confirm, in milliseconds",
+        ),
+        prefetch=r.integer(
+            "prefetch",
+            256,
+            minimum=1,
+            maximum=_MAX_SHORT,
+            meaning="unacknowledged deliveries per consumer",
+        ),
+        handler_timeout_ms=r.integer(
+            "handler_timeout_ms",
+            30000,
+            minimum=1,
+            meaning="longest run of one event route, in milliseconds",
+        ),
+        max_message_bytes=r.integer(
+            "max_message_bytes",
+            16 * 1024 * 1024,
+            minimum=1,
+            meaning="largest message body accepted, in bytes",
+        ),
+        max_redeliveries=r.integer(
+            "max_redeliveries",
+            2,
+            minimum=0,
+            meaning="times a delivery is retried after its worker died",
+        ),
+        reconnect_min_ms=reconnect_min,
+        reconnect_max_ms=reconnect_max,
+        encode_high_bytes=cast(
+            EncodeHighBytes,
+            r.choice(
+                "encode_high_bytes",
+                "utf8",
+                ("utf8", "x86"),
+                meaning="how kz.encode treats bytes >= 0x80",
+            ),
+        ),
+        late_replies=cast(
+            LateReplies,
+            r.choice(
+                "late_replies",
+                "drop",
+                ("drop", "route"),
+                meaning="what happens to a query reply that arrives after its timeout",
+            ),
+        ),
+        kamailio_rpc=_kamailio_rpc(r, base_dir),
+        log_level=r.choice(
+            "log_level", "info", _LOG_LEVELS, meaning="log level", lower=True
+        ),
+        notes=(),
+    )
+    ignored = [
+        f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
+        for key in data
+        if _ignored_name(key) in _IGNORED
+    ]
+    return _replace_notes(settings, tuple(ignored + notes))
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """Return (key, value) rows for ``check-config``: every setting, passwords redacted.
+
+    Keys are the config key names (``amqp_consumer_processes`` for ``workers``; one
+    ``amqp_connection`` row per broker); timers are shown in seconds.
+    """
+    rows: list[tuple[str, str]] = []
+    for field in fields(settings):
+        name = field.name
+        value = getattr(settings, name)
+        if name == "notes":
+            continue
+        if name == "brokers":
+            rows.extend(("amqp_connection", _describe_broker(b)) for b in value)
+        elif name == "workers":
+            rows.append(("amqp_consumer_processes", str(value)))
+        elif name == "db_url":
+            rows.append((name, _show(_redact_db_url(value))))
+        elif name in _TIMERS:
+            rows.append((name, f"{value:g} s"))
+        elif value is None:
+            rows.append((name, "(not set)"))
+        else:
+            rows.append((name, _show(value)))
+    return rows
+
+
+def sqlite_path(db_url: str) -> str | None:
+    """The database file of a ``sqlite://PATH`` URL as stored in :class:`Settings`, else None."""
+    if not db_url.startswith("sqlite://"):
+        return None
+    return db_url[len("sqlite://") :]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and checking values
+
+
+class _Reader:
+    """Typed access to the config table; every failure is a ConfigError in the house format."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+
+    def given(self, key: str) -> bool:
+        return key in self.data
+
+    def error(self, key: str, problem: str, example: str) -> ConfigError:
+        return ConfigError(
+            f"config key {key!r} = {_show(self.data.get(key))}: {problem}, e.g. {key} = {example}",
+            key=key,
+        )
+
+    def integer(
+        self,
+        key: str,
+        default: int,
+        *,
+        minimum: int,
+        maximum: int | None = None,
+        meaning: str,
+    ) -> int:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        example = str(default if default >= minimum else minimum)
+        if isinstance(value, bool):
+            value = int(value)
+        if (
+            not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            raise self.error(key, f"must be {_range(minimum, maximum)} ({meaning})", example)
+        return value
+
+    def flag(self, key: str, default: bool, *, meaning: str) -> bool:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise self.error(key, f"must be true or false, or 1 or 0 ({meaning})", _show(default))
+
+    def string(
+        self, key: str, default: str | None, *, meaning: str, nonempty: bool = False
+    ) -> str:
+        example = _show(default) if default else '"…"'
+        if key not in self.data:
+            if default is None:
+                raise ConfigError(
+                    f"config key {key!r} is missing: it is required ({meaning}), "
+                    f'e.g. {key} = "sip1.example.net"',
+                    key=key,
+                )
+            return default
+        value = self.data[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string ({meaning})", example)
+        if nonempty and not value:
+            raise self.error(key, f"must not be empty ({meaning})", example)
+        return value
+
+    def optional_string(self, key: str, *, meaning: str) -> str | None:
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string ({meaning})", '"…"')
+        return value or None
+
+    def choice(
+        self,
+        key: str,
+        default: str,
+        choices: tuple[str, ...],
+        *,
+        meaning: str,
+        lower: bool = False,
+    ) -> str:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, str) and lower:
+            value = value.lower()
+        if not isinstance(value, str) or value not in choices:
+            listed = ", ".join(f'"{c}"' for c in choices)
+            raise self.error(key, f"must be one of {listed} ({meaning})", f'"{default}"')
+        return value
+
+    def timer(self, name: str, default: float, *, zero_ok: bool) -> float:
+        """``NAME`` in seconds, or ``NAME_sec`` + ``NAME_micro`` / 1e6."""
+        whole, sec_key, micro_key = _timer_keys(name)
+        default_sec = int(default)
+        default_micro = round((default - default_sec) * 1_000_000)
+        if self.given(whole):
+            if self.given(sec_key) or self.given(micro_key):
+                other = sec_key if self.given(sec_key) else micro_key
+                raise self.error(
+                    whole,
+                    f"is also given as {other}; set either {whole} (seconds) or the pair "
+                    f"{sec_key} / {micro_key}, not both",
+                    f"{default:g}",
+                )
+            value = self.data[whole]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not zero_ok)
+            ):
+                kind = "a non-negative" if zero_ok else "a positive"
+                raise self.error(whole, f"must be {kind} number of seconds", f"{default:g}")
+            return float(value)
+        sec = self.integer(
+            sec_key, default_sec, minimum=0, meaning=f"whole seconds of {name}"
+        )
+        micro = self.integer(
+            micro_key,
+            default_micro,
+            minimum=0,
+            maximum=999_999,
+            meaning=(
+                f"microseconds of {name}; put whole seconds in {sec_key}. The C module does not "
+                "normalise larger values and its timer then fails"
+            ),
+        )
+        total = sec + micro / 1_000_000
+        if total == 0 and not zero_ok:
+            key = sec_key if self.given(sec_key) else micro_key
+            what = (
+                "the C module then never times out a query; kazoo-amqp never waits forever"
+                if name == "amqp_query_timeout"
+                else "a zero timeout would make every attempt fail"
+            )
+            raise self.error(
+                key,
+                f"gives {name} = 0 ({sec_key} = {sec}, {micro_key} = {micro}): {what}; "
+                "set a positive timeout",
+                str(default_sec) if key == sec_key and default_sec else str(default_micro),
+            )
+        return total
+
+
+def _range(minimum: int, maximum: int | None) -> str:
+    if maximum is not None:
+        return f"an integer from {minimum} to {maximum}"
+    if minimum == 1:
+        return "a positive integer"
+    if minimum == 0:
+        return "a non-negative integer"
+    return f"an integer of at least {minimum}"
+
+
+def _reject_unknown(data: Mapping[str, Any]) -> None:
+    problems: list[str] = []
+    first: str | None = None
+    for key in data:
+        if key in KNOWN_KEYS:
+            continue
+        first = first or str(key)
+        close = difflib.get_close_matches(str(key), sorted(KNOWN_KEYS), n=1, cutoff=0.6)
+        fix = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "remove it (the keys are the kazoo module's parameter names plus routes, "
+            "socket and the others in examples/kazoo-amqp.toml)"
+        )
+        problems.append(f"config key {key!r} = {_show(data[key])}: unknown key; {fix}")
+    if problems:
+        raise ConfigError("\n".join(problems), key=first)
+
+
+def _ignored_name(key: str) -> str:
+    """Map an input key to its _IGNORED entry (timer halves and the timmer spelling)."""
+    if key == "amqp_timmer_process_interval":
+        return "amqp_timer_process_interval"
+    for suffix in ("_sec", "_micro"):
+        if key.endswith(suffix) and key[: -len(suffix)] in _TIMERS:
+            return key[: -len(suffix)]
+    return key
+
+
+def _brokers(data: Mapping[str, Any], primary_zone: str, notes: list[str]) -> tuple[BrokerSpec, ...]:
+    key = "amqp_connection"
+    example = f'["{DEFAULT_CONNECTION}"]'
+    if key not in data:
+        notes.append(f"amqp_connection is not set; using {redact_url(DEFAULT_CONNECTION)}")
+        values: list[Any] = [DEFAULT_CONNECTION]
+    elif isinstance(data[key], str):
+        values = [data[key]]
+    elif isinstance(data[key], list):
+        values = list(data[key])
+        if not values:
+            raise ConfigError(
+                f"config key {key!r} = []: needs at least one broker URL, e.g. {key} = {example}",
+                key=key,
+            )
+    else:
+        raise ConfigError(
+            f"config key {key!r} = {_show(data[key])}: must be a URL string or a list of them "
+            f"(brokers in failover order), e.g. {key} = {example}",
+            key=key,
+        )
+    brokers = tuple(
+        parse_connection(value, server_id=index, primary_zone=primary_zone, key=key)
+        for index, value in enumerate(values, start=1)
+    )
+    if not any(b.primary for b in brokers):
+        zones = ", ".join(sorted({b.zone for b in brokers}))
+        raise ConfigError(
+            f"config key {key!r}: no broker is in the primary zone {primary_zone!r} (zones: "
+            f"{zones}); publishing and queries use primary-zone brokers only. Add a broker "
+            f'without a zone= prefix, or set e.g. amqp_primary_zone = "{brokers[0].zone}"',
+            key=key,
+        )
+    return brokers
+
+
+def _workers(r: _Reader) -> int:
+    meaning = "number of worker processes running event routes"
+    processes = r.integer(
+        "amqp_consumer_processes", 4, minimum=1, maximum=_MAX_WORKERS, meaning=meaning
+    )
+    workers = r.integer(
+        "amqp_consumer_workers", 4, minimum=1, maximum=_MAX_WORKERS, meaning=meaning
+    )
+    if r.given("amqp_consumer_processes") and r.given("amqp_consumer_workers"):
+        if processes != workers:
+            raise r.error(
+                "amqp_consumer_workers",
+                f"differs from amqp_consumer_processes = {processes}; both set the number of "
+                "worker processes running event routes (kazoo-amqp keeps one consume "
+                "connection per broker, so the C meaning of amqp_consumer_processes, "
+                "connections per broker, does not apply). Keep only one of the two keys",
+                str(processes),
+            )
+        return processes
+    return workers if r.given("amqp_consumer_workers") else processes
+
+
+def _timer_process_interval(r: _Reader) -> int:
+    meaning = "accepted for compatibility"
+    new = r.integer("amqp_timer_process_interval", 200, minimum=1, meaning=meaning)
+    old = r.integer("amqp_timmer_process_interval", 200, minimum=1, meaning=meaning)
+    if r.given("amqp_timer_process_interval") and r.given("amqp_timmer_process_interval"):
+        if new != old:
+            raise r.error(
+                "amqp_timmer_process_interval",
+                f"differs from amqp_timer_process_interval = {new}; they are two spellings "
+                "of one key. Keep only one",
+                str(new),
+            )
+    return old if r.given("amqp_timmer_process_interval") else new
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _routes(r: _Reader, base_dir: str) -> str | None:
+    value = r.optional_string("routes", meaning="Python file or module holding the event routes")
+    if value is None:
+        return None
+    if value.endswith(".py") or "/" in value:
+        return _resolve(base_dir, value)
+    if not _MODULE_NAME.match(value):
+        raise r.error(
+            "routes",
+            "is neither a .py file path nor a Python module name",
+            '"routes.py" or routes = "mypackage.routes"',
+        )
+    return value
+
+
+def _socket(r: _Reader, base_dir: str) -> str:
+    value = r.string(
+        "socket", "kazoo-amqp.sock", meaning="path of the local API socket", nonempty=True
+    )
+    path = _resolve(base_dir, value)
+    if len(path.encode("utf-8", "surrogateescape")) > _MAX_SOCKET_PATH_BYTES:
+        raise r.error(
+            "socket",
+            f"resolves to {path!r}, longer than the {_MAX_SOCKET_PATH_BYTES} bytes a Unix "
+            "socket path may have; choose a shorter path",
+            '"/run/kazoo-amqp/kazoo-amqp.sock"',
+        )
+    return path
+
+
+def _db_url(r: _Reader, base_dir: str) -> str:
+    key = "db_url"
+    if not r.given(key):
+        return "sqlite://" + _resolve(base_dir, "kazoo-amqp.db")
+    value = r.string(key, None, meaning="database for presentity writes", nonempty=True)
+    example = '"sqlite:///var/lib/kazoo-amqp/presence.db"'
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in _DB_SCHEMES:
+        listed = ", ".join(f"{s}://" for s in _DB_SCHEMES)
+        raise _db_error(key, value, f"must start with one of {listed}", example)
+    if scheme == "sqlite":
+        if not rest:
+            raise _db_error(key, value, "needs the database file's path after sqlite://", example)
+        path = "/" + rest.lstrip("/") if rest.startswith("/") else _resolve(base_dir, rest)
+        return "sqlite://" + os.path.normpath(path)
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise _db_error(key, value, "has a port that is not a number from 0 to 65535", example)
+    if not parts.hostname or not parts.path.strip("/"):
+        raise _db_error(
+            key,
+            value,
+            f"needs a host and a database name: {scheme}://USER:PASSWORD@HOST[:PORT]/DATABASE",
+            f'"{scheme}://kamailio:secret@127.0.0.1/kamailio"',
+        )
+    return value
+
+
+def _db_error(key: str, value: str, problem: str, example: str) -> ConfigError:
+    shown = _show(_redact_db_url(value))
+    return ConfigError(f"config key {key!r} = {shown}: {problem}, e.g. {key} = {example}", key=key)
+
+
+def _redact_db_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+def _presentity_table(r: _Reader) -> str:
+    value = r.string(
+        "presentity_table", "presentity", meaning="table of presence state", nonempty=True
+    )
+    if not _TABLE_NAME.match(value):
+        raise r.error(
+            "presentity_table",
+            "must be a plain SQL table name, optionally schema.table",
+            '"presentity"',
+        )
+    return value
+
+
+def _kamailio_rpc(r: _Reader, base_dir: str) -> str | None:
+    key = "kamailio_rpc"
+    value = r.optional_string(key, meaning="where Kamailio's JSON-RPC listens")
+    if value is None:
+        return None
+    forms = "http://HOST:PORT/PATH, udp:HOST:PORT or unix:/PATH"
+    example = '"http://127.0.0.1:5060/RPC"'
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path:
+            raise r.error(key, f"needs a socket path after unix: ({forms})", '"unix:/run/kamailio/kamailio_rpc.sock"')
+        return "unix:" + _resolve(base_dir, path)
+    if value.startswith("udp:"):
+        host, sep, port = value[len("udp:") :].rpartition(":")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not bare or not _valid_port(port) or "[" in bare or "]" in bare:
+            raise r.error(key, f"must look like udp:HOST:PORT ({forms})", '"udp:127.0.0.1:8090"')
+        return value
+    if value.startswith("http://"):
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (
+            not parts.hostname
+            or port == -1
+            or port == 0
+            or parts.username is not None
+            or parts.query
+            or parts.fragment
+        ):
+            raise r.error(key, f"must look like http://HOST:PORT/PATH ({forms})", example)
+        return value
+    raise r.error(key, f"must be one of {forms}", example)
+
+
+def _valid_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def _describe_broker(broker: BrokerSpec) -> str:
+    zone = f"zone {broker.zone}" + (", primary" if broker.primary else "")
+    tls = ", TLS" if broker.tls else ""
+    return f"{broker.redacted} (server {broker.server_id}, {zone}, vhost {broker.vhost!r}{tls})"
+
+
+def _replace_notes(settings: Settings, notes: tuple[str, ...]) -> Settings:
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values["notes"] = notes
+    return Settings(**values)
+
+
+def _show(value: object) -> str:
+    """Render a value the way it is written in TOML, shortened for messages."""
+    text: str
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, int | float):
+        text = str(value)
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= 100 else text[:96] + "…"

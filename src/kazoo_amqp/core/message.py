@@ -1,0 +1,144 @@
+"""Kazoo message conventions: injected fields, reply addressing, ``consumer://``, receive augmentation.
+
+Everything here follows the C module's wire conventions (spec §3.1, §6.5, §6.6) and does no I/O:
+the caller passes the clock reading and the generated ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from kazoo_amqp.errors import BadRoutingKey
+
+#: Longest routing key AMQP allows (shortstr), and the C module's limit.
+MAX_ROUTING_KEY_BYTES = 255
+
+CONSUMER_PREFIX = "consumer://"
+
+#: The exchange replies come back through (a direct exchange, routing key = our Server-ID).
+TARGETED_EXCHANGE = "targeted"
+
+
+def node_name(node_hostname: str) -> str:
+    """``Node`` as the C module writes it: ``kamailio@<node_hostname>``."""
+    return f"kamailio@{node_hostname}"
+
+
+def server_id_for(node_hostname: str, server_id: int, index: int = 0) -> str:
+    """The ``Server-ID`` (= reply routing key) for broker ``server_id``: ``kamailio@h-<1>-targeted-0``."""
+    return f"kamailio@{node_hostname}-<{server_id}>-targeted-{index}"
+
+
+def reply_queue_name(node_hostname: str, server_id: int, index: int = 0) -> str:
+    """The node's reply queue on broker ``server_id``: ``kamailio@h-<1-0>`` (literal angle brackets)."""
+    return f"kamailio@{node_hostname}-<{server_id}-{index}>"
+
+
+def check_routing_key(routing_key: str) -> bytes:
+    """Return the key as UTF-8 bytes, or raise ``BadRoutingKey`` when it is over 255 bytes."""
+    raw = routing_key.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_ROUTING_KEY_BYTES:
+        raise BadRoutingKey(
+            f"routing key is {len(raw)} bytes; AMQP allows at most {MAX_ROUTING_KEY_BYTES}: "
+            f"shorten it (starts with {routing_key[:40]!r})"
+        )
+    return raw
+
+
+def split_consumer_prefix(routing_key: str) -> tuple[int | None, str]:
+    """Split ``consumer://<id>/<key>`` into (server id, key); other keys give (None, key).
+
+    Non-numeric id text means server 0, i.e. "the primary zone", as in C (§3.1 step 7). Where C
+    silently publishes nothing (no ``/`` after the prefix, or an empty id), this raises
+    ``BadRoutingKey`` instead.
+    """
+    if not routing_key.startswith(CONSUMER_PREFIX):
+        return None, routing_key
+    rest = routing_key[len(CONSUMER_PREFIX) :]
+    slash = rest.find("/")
+    if slash <= 0:
+        raise BadRoutingKey(
+            f"routing key {routing_key!r} has a consumer:// prefix without '<server id>/': "
+            "write consumer://<id>/<routing key>, e.g. the Server-ID of a received message"
+        )
+    id_text, key = rest[:slash], rest[slash + 1 :]
+    return _atoi(id_text), key
+
+
+def _atoi(text: str) -> int:
+    text = text.lstrip()
+    sign = 1
+    if text[:1] in ("+", "-"):
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    digits = ""
+    for ch in text:
+        if not ch.isdigit() or not ch.isascii():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0
+
+
+def inject_common_fields(
+    doc: MutableMapping[str, Any],
+    *,
+    app_name: str,
+    app_version: str,
+    node: str,
+    msg_id: str,
+) -> str:
+    """Add ``App-Name``, ``App-Version``, ``Node``, ``Msg-ID`` where absent; return the Msg-ID.
+
+    A key holding JSON null counts as absent and is replaced in place (§3.1 step 6). The returned
+    Msg-ID is the one the message carries: the caller's own when it set one, so a query can be
+    correlated on it (the C module always waits for its generated id instead).
+    """
+    for key, value in (("App-Name", app_name), ("App-Version", app_version), ("Node", node)):
+        if doc.get(key) is None:
+            doc[key] = value
+    current = doc.get("Msg-ID")
+    if current is None or current == "":
+        doc["Msg-ID"] = msg_id
+        return msg_id
+    return current if isinstance(current, str) else str(current)
+
+
+def inject_server_id(doc: MutableMapping[str, Any], server_id: str) -> bool:
+    """Set ``Server-ID`` when absent (null counts as absent); return whether it was set here."""
+    if doc.get("Server-ID") is None:
+        doc["Server-ID"] = server_id
+        return True
+    return False
+
+
+def augment_received(
+    doc: MutableMapping[str, Any],
+    *,
+    zone: str,
+    server_id: int,
+    now: int,
+    render: Any = str,
+) -> None:
+    """Apply the receive-side rewrite of §6.6 in place.
+
+    ``AMQP-Broker-Zone`` and ``AMQP-Received`` are added or replaced; a non-empty ``Server-ID``
+    moves to the end as ``consumer://<server id>/<old value>``; an empty one is deleted.
+    ``render`` turns a non-string Server-ID into text (json-c ``get_string``).
+    """
+    doc["AMQP-Broker-Zone"] = zone
+    doc["AMQP-Received"] = now
+    if "Server-ID" in doc:
+        old = doc.pop("Server-ID")
+        if old is None:
+            return
+        text = old if isinstance(old, str) else render(old)
+        if text:
+            doc["Server-ID"] = f"{CONSUMER_PREFIX}{server_id}/{text}"
+
+
+def connection_event_body(
+    *, key: str, subkey: str, state: str, host: str, zone: str
+) -> dict[str, Any]:
+    """The synthetic connection event of §4.4 as a document (``state`` is ``open`` or ``closed``)."""
+    return {key: "connection", subkey: state, "host": host, "zone": zone}

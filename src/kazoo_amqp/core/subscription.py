@@ -1,0 +1,426 @@
+"""``kazoo_subscribe`` descriptions -> AMQP declarations (spec §3.4, §6.4, test vectors §15.11).
+
+A subscription is recorded in ``kazoo:mod-init`` and replayed by every consume connection after
+each (re)connect, in the order of §6.4: declare the exchange, declare each exchange-binding's
+source exchange and bind it, declare the queue, bind it for every routing key, consume.
+
+Fields are read the way the C module reads them, with json-c's lenient conversions:
+
+* integer fields: ``true`` -> 1, ``false`` -> 0, ``"12x"`` -> 12, ``1.9`` -> 1, anything else
+  that is not a number -> 0; ``null`` or a missing field keeps the default;
+* string fields: numbers become their text, ``true``/``false`` their name, objects and arrays
+  their spaced JSON; ``null`` or a missing field gives ``""``.
+
+Declaration flags come from the ``exchange-def`` / ``queue-def`` objects when they exist,
+otherwise from the root, so root ``durable``, ``auto_delete`` and ``passive`` apply to both the
+exchange and the queue. Unknown keys (``name`` in the 2600hz configs) are ignored.
+
+Deliberate differences from C (``docs/compat-config.md``):
+
+* every ``exchange-bindings`` entry is kept (C keeps only the first usable one);
+* a JSON ``null`` inside a ``routing`` array is skipped (C crashes);
+* acknowledgement modes (:class:`AckMode`): ``no_ack: 0`` acks after the event route returned,
+  unless ``wait_for_consumer_ack`` is explicitly 0 (then on receipt, as C does);
+* a description with neither an exchange nor a queue, a ``exchange-def`` / ``queue-def`` /
+  ``exchange-bindings`` that is not an object, and names or routing keys over 255 bytes are
+  rejected with :class:`~kazoo_amqp.errors.UsageError` instead of failing at connect time.
+
+This module is pure.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from kazoo_amqp.errors import BadRoutingKey, KazooError, UsageError
+
+__all__ = [
+    "AckMode",
+    "ExchangeBinding",
+    "ExchangeDecl",
+    "QueueDecl",
+    "Subscription",
+    "parse_subscription",
+    "subscription_from_args",
+]
+
+#: AMQP short strings (exchange and queue names, routing keys) hold at most 255 bytes.
+MAX_NAME_BYTES = 255
+#: ``basic.qos`` prefetch_count is an unsigned short.
+MAX_PREFETCH = 65535
+
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDecl:
+    """Arguments of ``exchange.declare`` (no x- arguments are ever sent)."""
+
+    name: str
+    type: str
+    passive: bool = False
+    durable: bool = False
+    auto_delete: bool = False
+    internal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDecl:
+    """Arguments of ``queue.declare``; an empty name lets the broker generate one."""
+
+    name: str
+    passive: bool = False
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeBinding:
+    """Declare ``source``, then bind the subscription's exchange to it once per routing key.
+
+    The bind is ``exchange.bind(destination=<subscription's exchange>, source=source.name, key)``.
+    """
+
+    source: ExchangeDecl
+    routing_keys: tuple[str, ...]
+
+
+class AckMode(enum.Enum):
+    """When a delivery of a subscription is acknowledged."""
+
+    BROKER = "broker"  # no_ack=1, broker auto-ack
+    ON_RECEIPT = "on_receipt"  # no_ack=0, ack as soon as received (C behaviour)
+    AFTER_HANDLER = "after_handler"  # ack after the event route returned
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One ``kazoo_subscribe`` call, ready to be declared on every applicable connection.
+
+    ``event_key`` / ``event_subkey`` of ``None`` mean "use ``amqp_consumer_event_key`` /
+    ``_subkey``". ``federate`` also declares the subscription on brokers of non-primary zones.
+    ``consistent_worker`` picks the worker by hashing the top-level field
+    ``consistent_worker_key`` (or the routing key when the field is missing). ``prefetch`` of
+    ``None`` means the config's ``prefetch``. ``warnings`` are for the log: things in the
+    description that were accepted but have no effect.
+    """
+
+    exchange: ExchangeDecl
+    queue: QueueDecl
+    routing_keys: tuple[str, ...]
+    exchange_bindings: tuple[ExchangeBinding, ...] = ()
+    event_key: str | None = None
+    event_subkey: str | None = None
+    ack_mode: AckMode = AckMode.BROKER
+    federate: bool = False
+    consistent_worker: bool = False
+    consistent_worker_key: str | None = None
+    prefetch: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def parse_subscription(desc: Mapping[str, Any] | str) -> Subscription:
+    """Build a :class:`Subscription` from the JSON form of ``kazoo_subscribe``.
+
+    Args:
+        desc: the description as a mapping, or as JSON text. Text that strict JSON rejects is
+            retried with the json-c compatible parser (``core.jsonc``) when it is available.
+
+    Raises:
+        UsageError: the text is not JSON, not an object, or describes something that cannot be
+            declared (see the module docstring); :class:`~kazoo_amqp.errors.BadRoutingKey` for a
+            routing key over 255 bytes.
+    """
+    root = _load(desc) if isinstance(desc, str) else desc
+    if not isinstance(root, Mapping):
+        raise UsageError(
+            f"kazoo_subscribe: the description must be a JSON object, got {_kind(root)}"
+        )
+    warnings: list[str] = []
+
+    exchange_src = _def_object(root, "exchange-def")
+    queue_src = _def_object(root, "queue-def")
+    exchange = _exchange_decl(_get_str(root.get("exchange")), exchange_src)
+    queue = QueueDecl(
+        name=_get_str(root.get("queue")),
+        passive=_get_flag(queue_src, "passive", False),
+        durable=_get_flag(queue_src, "durable", False),
+        exclusive=_get_flag(queue_src, "exclusive", False),
+        auto_delete=_get_flag(queue_src, "auto_delete", True),
+    )
+    routing_keys = _routing_keys(root.get("routing"))
+    bindings = _exchange_bindings(root.get("exchange-bindings"), warnings)
+    ack_mode = _ack_mode(root, warnings)
+    subscription = Subscription(
+        exchange=exchange,
+        queue=queue,
+        routing_keys=routing_keys,
+        exchange_bindings=bindings,
+        event_key=_get_str(root.get("event_key")) or None,
+        event_subkey=_get_str(root.get("event_subkey")) or None,
+        ack_mode=ack_mode,
+        federate=_get_flag(root, "federate", False),
+        consistent_worker=_get_flag(root, "consistent-worker", False),
+        consistent_worker_key=_get_str(root.get("consistent-worker-key")) or None,
+        prefetch=_prefetch(root.get("prefetch")),
+        warnings=tuple(warnings),
+    )
+    _validate(subscription)
+    return subscription
+
+
+def subscription_from_args(
+    exchange: str, exchange_type: str, queue: str, routing_key: str
+) -> Subscription:
+    """Build the :class:`Subscription` of the 4-argument ``kazoo_subscribe`` form.
+
+    The exchange is declared with every flag off, the queue with ``auto_delete`` only, one
+    routing key, broker auto-ack, not federated, no event-key overrides, round-robin workers.
+
+    Raises:
+        UsageError: an argument is not a string, or both exchange and queue are empty.
+    """
+    args = {
+        "exchange": exchange,
+        "exchange_type": exchange_type,
+        "queue": queue,
+        "routing_key": routing_key,
+    }
+    for name, value in args.items():
+        if not isinstance(value, str):
+            raise UsageError(f"kazoo_subscribe: {name} must be a string, got {_kind(value)}")
+    subscription = Subscription(
+        exchange=ExchangeDecl(name=exchange, type=exchange_type),
+        queue=QueueDecl(name=queue),
+        routing_keys=(routing_key,),
+    )
+    _validate(subscription)
+    return subscription
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the JSON form
+
+
+def _load(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as strict_error:
+        lenient = _lenient_loads()
+        if lenient is not None:
+            try:
+                return lenient(text)
+            except (ValueError, KazooError):
+                pass
+        raise UsageError(
+            f"kazoo_subscribe: the description is not valid JSON ({strict_error})"
+        ) from None
+
+
+def _lenient_loads() -> Callable[[str], object] | None:
+    """``core.jsonc.loads`` (json-c leniency: single quotes, comments, …) if it exists."""
+    try:
+        module = importlib.import_module("kazoo_amqp.core.jsonc")
+    except ImportError:
+        return None
+    loads = getattr(module, "loads", None)
+    return loads if callable(loads) else None
+
+
+def _def_object(root: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = root.get(key)
+    if value is None:
+        return root
+    if not isinstance(value, Mapping):
+        raise UsageError(f"kazoo_subscribe: {key!r} must be an object, got {_kind(value)}")
+    return value
+
+
+def _exchange_decl(name: str, src: Mapping[str, Any]) -> ExchangeDecl:
+    return ExchangeDecl(
+        name=name,
+        type=_get_str(src.get("type")),
+        passive=_get_flag(src, "passive", False),
+        durable=_get_flag(src, "durable", False),
+        auto_delete=_get_flag(src, "auto_delete", False),
+        internal=_get_flag(src, "internal", False),
+    )
+
+
+def _routing_keys(value: object) -> tuple[str, ...]:
+    """A string -> one key; an array -> its items (nulls skipped); anything else -> ``("",)``."""
+    if isinstance(value, str):
+        return (value,)
+    if _is_array(value):
+        return tuple(_get_str(item) for item in value if item is not None)
+    return ("",)
+
+
+def _exchange_bindings(value: object, warnings: list[str]) -> tuple[ExchangeBinding, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            "kazoo_subscribe: 'exchange-bindings' must be an object "
+            '{"<source exchange>": {"type": …, "routing": …}}, '
+            f"got {_kind(value)}"
+        )
+    bindings: list[ExchangeBinding] = []
+    for source, entry in value.items():
+        if not isinstance(entry, Mapping) or entry.get("routing") is None:
+            warnings.append(f"exchange-bindings entry {source!r} has no 'routing'; it is ignored")
+            continue
+        bindings.append(
+            ExchangeBinding(
+                source=_exchange_decl(str(source), entry),
+                routing_keys=_routing_keys(entry["routing"]),
+            )
+        )
+    return tuple(bindings)
+
+
+def _ack_mode(root: Mapping[str, Any], warnings: list[str]) -> AckMode:
+    no_ack_given = root.get("no_ack") is not None
+    wait_given = root.get("wait_for_consumer_ack") is not None
+    no_ack = _get_int(root.get("no_ack"), 1) != 0
+    wait = _get_int(root.get("wait_for_consumer_ack"), 1) != 0
+    if not no_ack_given:
+        return AckMode.AFTER_HANDLER if wait_given and wait else AckMode.BROKER
+    if no_ack:
+        if wait_given and wait:
+            warnings.append("wait_for_consumer_ack ignored because no_ack=1")
+        return AckMode.BROKER
+    return AckMode.AFTER_HANDLER if wait else AckMode.ON_RECEIPT
+
+
+def _prefetch(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PREFETCH:
+        raise UsageError(
+            f"kazoo_subscribe: 'prefetch' must be an integer from 1 to {MAX_PREFETCH} "
+            f"(unacknowledged deliveries per consumer), got {value!r}"
+        )
+    return value
+
+
+def _validate(subscription: Subscription) -> None:
+    if not subscription.exchange.name and not subscription.queue.name:
+        raise UsageError(
+            "kazoo_subscribe: subscription needs an exchange or a queue "
+            '(e.g. {"exchange": "presence", "type": "topic", "queue": "…", "routing": "…"})'
+        )
+    names = [("exchange", subscription.exchange.name), ("queue", subscription.queue.name)]
+    names += [("exchange-bindings source", b.source.name) for b in subscription.exchange_bindings]
+    for what, name in names:
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise UsageError(
+                f"kazoo_subscribe: {what} name {name[:40]!r}… is over {MAX_NAME_BYTES} bytes"
+            )
+    keys = list(subscription.routing_keys)
+    for binding in subscription.exchange_bindings:
+        keys.extend(binding.routing_keys)
+    for key in keys:
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise BadRoutingKey(
+                f"kazoo_subscribe: routing key {key[:40]!r}… is over {MAX_NAME_BYTES} bytes"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# json-c conversions
+
+
+def _get_flag(src: Mapping[str, Any], key: str, default: bool) -> bool:
+    return _get_int(src.get(key), int(default)) != 0
+
+
+def _get_int(value: object, default: int) -> int:
+    """json-c ``get_int`` (32-bit, clamped); ``None`` (null or missing) gives ``default``."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return max(_INT32_MIN, min(_INT32_MAX, value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 0
+        if math.isinf(value):
+            return _INT32_MAX if value > 0 else _INT32_MIN
+        return max(_INT32_MIN, min(_INT32_MAX, int(value)))
+    if isinstance(value, str):
+        return max(_INT32_MIN, min(_INT32_MAX, _atoi(value)))
+    return 0
+
+
+def _atoi(text: str) -> int:
+    """``strtoll(text, 10)``: leading whitespace, an optional sign, then digits; else 0."""
+    body = text.lstrip(" \t\n\v\f\r")
+    sign = 1
+    if body[:1] in ("+", "-"):
+        sign = -1 if body[0] == "-" else 1
+        body = body[1:]
+    digits = ""
+    for char in body:
+        if not ("0" <= char <= "9"):
+            break
+        digits += char
+    return sign * int(digits) if digits else 0
+
+
+def _get_str(value: object) -> str:
+    """json-c ``get_string``: strings raw, other values as their JSON text, null -> ``""``."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return _spaced_json(value)
+
+
+def _spaced_json(value: object) -> str:
+    """json-c's ``to_json_string`` layout: ``{ "a": 1 }``, ``[ 1, 2 ]``, ``{ }``, ``[ ]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("/", "\\/")
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, Mapping):
+        if not value:
+            return "{ }"
+        items = ", ".join(f"{_spaced_json(str(k))}: {_spaced_json(v)}" for k, v in value.items())
+        return "{ " + items + " }"
+    if _is_array(value):
+        if not value:
+            return "[ ]"
+        return "[ " + ", ".join(_spaced_json(item) for item in value) + " ]"
+    return str(value)
+
+
+def _is_array(value: object) -> TypeGuard[Sequence[object]]:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if _is_array(value):
+        return "an array"
+    return type(value).__name__

@@ -1,0 +1,333 @@
+"""The request/response schema of the local socket (and nothing about sockets).
+
+Every message is one frame (:mod:`kazoo_amqp.core.framing`) holding one compact UTF-8 JSON
+object.
+
+Requests: ``{"id": <int>, "op": <str>, ...fields}``
+
+==============  ==========================================================================
+op              fields
+==============  ==========================================================================
+``publish``     ``exchange`` str, ``routing_key`` str, ``payload`` str (JSON text),
+                ``headers`` str or null (``k1=v1;k2=v2``, may be left out)
+``query``       as ``publish``, plus ``timeout_ms`` int >= 0 or null (may be left out)
+``pua_publish`` ``payload`` str (JSON text), ``package`` null, ``"presence"``,
+                ``"dialog"`` or ``"message-summary"`` (may be left out)
+``status``      none
+``ping``        none
+==============  ==========================================================================
+
+Fields not listed are ignored, so an older daemon can serve a newer client.
+
+Responses: ``{"id": n, "ok": true, "result": <any JSON>}`` or
+``{"id": n, "ok": false, "error": {"type": "<errors class name>", "message": "..."}}``.
+``id`` is ``null`` only in the error response to a frame whose id could not be read.
+``error.type`` is the name of a class in :mod:`kazoo_amqp.errors`; the receiver rebuilds it with
+:func:`kazoo_amqp.errors.error_from_name`.
+
+The payload travels as a JSON *string* inside the request, unparsed: the daemon validates it
+once, where it is published.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from kazoo_amqp.core.framing import encode_frame
+from kazoo_amqp.errors import (
+    ERRORS_BY_NAME,
+    BadPayload,
+    KazooError,
+    ProtocolError,
+    error_from_name,
+)
+
+__all__ = [
+    "OPS",
+    "PUA_PACKAGES",
+    "BadRequest",
+    "Op",
+    "Request",
+    "Response",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response_error",
+    "encode_response_ok",
+    "error_type_name",
+]
+
+Op = Literal["publish", "query", "pua_publish", "status", "ping"]
+OPS: Final = frozenset({"publish", "query", "pua_publish", "status", "ping"})
+PUA_PACKAGES: Final = frozenset({"presence", "dialog", "message-summary"})
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_loads = json.loads
+
+
+class BadRequest(ProtocolError):
+    """A request frame that does not follow the schema.
+
+    It is a :class:`~kazoo_amqp.errors.ProtocolError` that also carries the request id when it
+    could be read, so the server can answer the request it belongs to. On the wire it travels
+    as ``ProtocolError`` (see :func:`error_type_name`).
+    """
+
+    def __init__(self, message: str, *, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One decoded request. Fields an op does not use keep their defaults."""
+
+    id: int
+    op: Op
+    exchange: str = ""
+    routing_key: str = ""
+    payload: str = ""
+    headers: str | None = None
+    timeout_ms: int | None = None
+    package: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One decoded response: ``result`` when ``ok``, else ``error_type`` and ``error_message``."""
+
+    id: int | None
+    ok: bool
+    result: Any = None
+    error_type: str = ""
+    error_message: str = ""
+
+    def error(self) -> KazooError:
+        """The error this response carries, rebuilt as its :mod:`kazoo_amqp.errors` class."""
+        if self.ok:
+            raise ValueError("error() called on a successful response")
+        return error_from_name(self.error_type, self.error_message)
+
+
+# --------------------------------------------------------------------------------------
+# encoding
+
+
+def _frame_json(obj: dict[str, Any]) -> bytes:
+    try:
+        return encode_frame(_dumps(obj).encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise BadPayload(
+            f"text is not valid Unicode (a lone surrogate at position {exc.start}); "
+            "it cannot be sent as UTF-8"
+        ) from None
+
+
+def encode_request(id: int, op: str, **fields: Any) -> bytes:
+    """Return the framed request ``{"id": id, "op": op, **fields}``.
+
+    No schema check is made here (the daemon does it); values must be JSON-serialisable.
+
+    Raises:
+        BadPayload: a string holds a lone surrogate, so it cannot be UTF-8 encoded.
+        TypeError: a value is not JSON-serialisable.
+    """
+    return _frame_json({"id": id, "op": op, **fields})
+
+
+def error_type_name(exc: BaseException) -> str:
+    """The wire name of ``exc``: its nearest class listed in ``errors.ERRORS_BY_NAME``.
+
+    A subclass defined elsewhere (like :class:`BadRequest`) travels under the name of the public
+    class it extends; an exception that is not a :class:`KazooError` travels as ``KazooError``.
+    """
+    for cls in type(exc).__mro__:
+        name = cls.__name__
+        if ERRORS_BY_NAME.get(name) is cls:
+            return name
+    return "KazooError"
+
+
+def encode_response_ok(id: int, result: Any) -> bytes:
+    """Return the framed success response for request ``id``.
+
+    Raises:
+        TypeError, ValueError: ``result`` is not JSON-serialisable.
+    """
+    return _frame_json({"id": id, "ok": True, "result": result})
+
+
+def encode_response_error(id: int | None, exc: BaseException) -> bytes:
+    """Return the framed error response for request ``id`` (``None``: the id was unreadable).
+
+    A :class:`KazooError` is sent under its :func:`error_type_name` with ``str(exc)``; any
+    other exception is sent as ``KazooError`` with ``"internal error: <Class>: <text>"``.
+    """
+    if isinstance(exc, KazooError):
+        type_name = error_type_name(exc)
+        message = str(exc)
+    else:
+        type_name = "KazooError"
+        message = f"internal error: {type(exc).__name__}: {exc}"
+    error = {"type": type_name, "message": message}
+    # ``backslashreplace``: an error message holding a lone surrogate must still be sendable.
+    return encode_frame(
+        _dumps({"id": id, "ok": False, "error": error}).encode("utf-8", "backslashreplace")
+    )
+
+
+# --------------------------------------------------------------------------------------
+# decoding
+
+
+def _parse_object(frame: bytes, what: str, error: type[ProtocolError]) -> dict[str, Any]:
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} frame is not valid UTF-8 (byte {exc.start}); frames hold UTF-8 JSON objects"
+        ) from None
+    try:
+        obj = _loads(text)
+    except ValueError as exc:
+        raise error(f"{what} frame is not JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise error(f"{what} frame is JSON {_json_kind(obj)}, not an object")
+    return obj
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _field(obj: dict[str, Any], name: str, request_id: int, op: str) -> str:
+    value = obj.get(name)
+    if type(value) is str:
+        return value
+    if name not in obj:
+        raise BadRequest(f"{op} request {request_id} has no {name!r} field", request_id=request_id)
+    raise BadRequest(
+        f"{op} request {request_id}: {name!r} must be a string, not {_json_kind(value)}",
+        request_id=request_id,
+    )
+
+
+def _optional_field(obj: dict[str, Any], name: str, request_id: int, op: str) -> str | None:
+    value = obj.get(name)
+    if value is None or type(value) is str:
+        return value
+    raise BadRequest(
+        f"{op} request {request_id}: {name!r} must be a string or null, not {_json_kind(value)}",
+        request_id=request_id,
+    )
+
+
+def decode_request(frame: bytes) -> Request:
+    """Parse and check one request frame's payload.
+
+    Raises:
+        BadRequest: (a :class:`~kazoo_amqp.errors.ProtocolError`) the frame is not UTF-8, not
+            JSON, not an object, has no integer ``id``, a missing or unknown ``op``, or a field of
+            the wrong type. ``request_id`` is set when the id could be read.
+    """
+    obj = _parse_object(frame, "request", BadRequest)
+    request_id = obj.get("id")
+    if type(request_id) is not int:
+        if "id" not in obj:
+            raise BadRequest("request has no 'id' field")
+        raise BadRequest(f"request 'id' must be an integer, not {_json_kind(request_id)}")
+    op = obj.get("op")
+    if op == "publish":
+        return Request(
+            request_id,
+            "publish",
+            exchange=_field(obj, "exchange", request_id, op),
+            routing_key=_field(obj, "routing_key", request_id, op),
+            payload=_field(obj, "payload", request_id, op),
+            headers=_optional_field(obj, "headers", request_id, op),
+        )
+    if op == "query":
+        timeout_ms = obj.get("timeout_ms")
+        if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):
+            raise BadRequest(
+                f"query request {request_id}: 'timeout_ms' must be a non-negative integer or "
+                f"null, not {timeout_ms!r}",
+                request_id=request_id,
+            )
+        return Request(
+            request_id,
+            "query",
+            exchange=_field(obj, "exchange", request_id, op),
+            routing_key=_field(obj, "routing_key", request_id, op),
+            payload=_field(obj, "payload", request_id, op),
+            headers=_optional_field(obj, "headers", request_id, op),
+            timeout_ms=timeout_ms,
+        )
+    if op == "pua_publish":
+        package = obj.get("package")
+        if package is not None and (type(package) is not str or package not in PUA_PACKAGES):
+            raise BadRequest(
+                f"pua_publish request {request_id}: 'package' must be null, 'presence', "
+                f"'dialog' or 'message-summary', not {package!r}",
+                request_id=request_id,
+            )
+        return Request(
+            request_id,
+            "pua_publish",
+            payload=_field(obj, "payload", request_id, op),
+            package=package,
+        )
+    if op == "status":
+        return Request(request_id, "status")
+    if op == "ping":
+        return Request(request_id, "ping")
+    if op is None:
+        raise BadRequest(f"request {request_id} has no 'op' field", request_id=request_id)
+    raise BadRequest(
+        f"request {request_id} has unknown op {op!r}; expected one of {', '.join(sorted(OPS))}",
+        request_id=request_id,
+    )
+
+
+def decode_response(frame: bytes) -> Response:
+    """Parse and check one response frame's payload.
+
+    Raises:
+        ProtocolError: the frame is not UTF-8 JSON, not an object, or not shaped like a
+            response (``id`` int or null, ``ok`` bool, ``error`` with string ``type`` and
+            ``message``).
+    """
+    obj = _parse_object(frame, "response", ProtocolError)
+    response_id = obj.get("id")
+    if response_id is not None and type(response_id) is not int:
+        raise ProtocolError(
+            f"response 'id' must be an integer or null, not {_json_kind(response_id)}"
+        )
+    ok = obj.get("ok")
+    if ok is True:
+        return Response(response_id, True, obj.get("result"))
+    if ok is not False:
+        raise ProtocolError(f"response {response_id}: 'ok' must be true or false, not {ok!r}")
+    error = obj.get("error")
+    if (
+        type(error) is not dict
+        or type(error.get("type")) is not str
+        or type(error.get("message")) is not str
+    ):
+        raise ProtocolError(
+            f"response {response_id}: 'error' must be an object with string 'type' and "
+            f"'message', not {error!r}"
+        )
+    return Response(response_id, False, None, error["type"], error["message"])

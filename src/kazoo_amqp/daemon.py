@@ -1,0 +1,232 @@
+"""The composition root: config -> routes, worker pool, manager, local socket; start and stop.
+
+Start order
+    1. import the routes and run ``kazoo:mod-init`` here, once, collecting subscriptions;
+    2. open the local socket (workers use it for ``kz.publish``/``kz.query``);
+    3. start the worker processes;
+    4. start the broker links (they declare the subscriptions on every connect).
+
+Stop order (first SIGTERM/SIGINT; a second one exits at once)
+    1. cancel the consumers: no new deliveries;
+    2. let the workers finish what they hold, up to ``shutdown_grace`` s; deliveries still unacked
+       go back to the broker when its channel closes;
+    3. stop the local socket: finish in-flight requests, fail the rest with ``ShuttingDown``;
+    4. fail waiting queries with ``ShuttingDown``, close the broker connections;
+    5. close the presence writer; exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import signal
+from typing import Any
+
+from kazoo_amqp import __version__
+from kazoo_amqp.amqp.manager import Manager
+from kazoo_amqp.core import jsonc
+from kazoo_amqp.core.broker_url import BrokerSpec
+from kazoo_amqp.core.config import Settings
+from kazoo_amqp.core.message import connection_event_body
+from kazoo_amqp.core.pipe import encode_event
+from kazoo_amqp.core.route_names import MOD_INIT
+from kazoo_amqp.core.subscription import Subscription
+from kazoo_amqp.errors import UsageError
+from kazoo_amqp.ipc.server import IpcServer
+from kazoo_amqp.workers.context import Kz, Payload
+from kazoo_amqp.workers.pool import WorkerPool, default_env
+from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
+
+log = logging.getLogger("kazoo_amqp.daemon")
+
+
+class ModInitServices:
+    """``Kz`` services during ``kazoo:mod-init``: subscribe records, broker calls are refused."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.escape_char = settings.json_escape_char
+        self.encode_high_bytes = settings.encode_high_bytes
+        self.subscriptions: list[Subscription] = []
+
+    def subscribe(self, subscription: Subscription) -> None:
+        for warning in getattr(subscription, "warnings", ()):
+            log.warning("kazoo:mod-init subscribe: %s", warning)
+        self.subscriptions.append(subscription)
+
+    def _refuse(self, *args: Any) -> Any:
+        raise UsageError(
+            "publish/query are not available in kazoo:mod-init (no broker is connected yet); "
+            "do it in event route kazoo:consumer-event-connection-open instead"
+        )
+
+    publish = query = pua_publish = _refuse
+
+    async def apublish(self, *args: Any) -> Any:
+        return self._refuse()
+
+    async def aquery(self, *args: Any) -> Any:
+        return self._refuse()
+
+
+def run_mod_init(settings: Settings) -> list[Subscription]:
+    """Import the routes and run ``kazoo:mod-init`` (or the callback) once; return subscriptions."""
+    if not settings.routes:
+        log.warning("no 'routes' in the config: nothing is subscribed and no event route runs")
+        return []
+    module = load_routes_module(settings.routes)
+    router: Router = find_router(module)
+    handler = (
+        find_callback(module, settings.event_callback) if settings.event_callback
+        else router.get(MOD_INIT)
+    )
+    services = ModInitServices(settings)
+    if handler is not None:
+        result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
+        if inspect.isawaitable(result):
+            asyncio.run(_await(result))
+    log.info("kazoo:mod-init declared %d subscriptions", len(services.subscriptions))
+    return services.subscriptions
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable
+
+
+class DaemonBackend:
+    """What the local socket serves: the manager, plus presence writes in a writer thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._presence: Any = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
+
+    async def publish(self, exchange: str, routing_key: str, payload: str,
+                      headers: str | None) -> dict[str, Any]:
+        return await self.daemon.manager.publish(exchange, routing_key, payload, headers)
+
+    async def query(self, exchange: str, routing_key: str, payload: str, headers: str | None,
+                    timeout_ms: int | None) -> str:
+        return await self.daemon.manager.query(exchange, routing_key, payload, headers, timeout_ms)
+
+    async def pua_publish(self, payload: str, package: str | None) -> dict[str, Any]:
+        if self._presence is None:
+            from kazoo_amqp.presence.service import PresenceService
+
+            self._presence = PresenceService.from_settings(self.daemon.settings)
+        loop = asyncio.get_running_loop()
+        result: dict[str, Any] = await loop.run_in_executor(
+            self._executor, self._presence.publish, payload, package
+        )
+        return result
+
+    def status(self) -> dict[str, Any]:
+        d = self.daemon
+        return {
+            "version": __version__,
+            "node": d.manager.node,
+            "manager": d.manager.status(),
+            "workers": d.pool.status(),
+            "socket": dict(getattr(d.ipc, "stats", {})),
+        }
+
+    def close(self) -> None:
+        if self._presence is not None:
+            self._executor.submit(self._presence.close).result(timeout=5)
+        self._executor.shutdown(wait=True)
+
+
+class Daemon:
+    """Builds and runs everything for one config file."""
+
+    def __init__(self, settings: Settings, config_path: str, *, shutdown_grace: float = 10.0) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.shutdown_grace = shutdown_grace
+        self.subscriptions = run_mod_init(settings)
+        self.pool = WorkerPool(
+            size=settings.workers,
+            config_path=config_path,
+            on_done=self._on_done,
+            on_pressure=self._on_pressure,
+            handler_timeout=settings.handler_timeout_ms / 1000,
+            max_redeliveries=settings.max_redeliveries,
+            env=default_env(),
+        )
+        self.manager = Manager(
+            settings, subscriptions=self.subscriptions, dispatcher=self.pool,
+            on_event=self._on_connection_event,
+        )
+        self.backend = DaemonBackend(self)
+        self.ipc = IpcServer(settings.socket, self.backend,
+                             max_frame=settings.max_message_bytes + 65536)
+        self._stop = asyncio.Event()
+
+    def _on_done(self, token: Any, outcome: int) -> None:
+        self.manager.on_done(token, outcome)
+
+    def _on_pressure(self, paused: bool) -> None:
+        log.info("workers %s; %s reading from the brokers",
+                 "are behind" if paused else "caught up", "pausing" if paused else "resuming")
+        self.manager.pause_consumers(paused)
+
+    def _on_connection_event(self, state: str, spec: BrokerSpec) -> None:
+        s = self.settings
+        body = connection_event_body(
+            key=s.amqp_consumer_event_key, subkey=s.amqp_consumer_event_subkey, state=state,
+            host=spec.host, zone=spec.zone,
+        )
+        seq = self.pool.next_seq()
+        frame = encode_event(seq, jsonc.dumps(body).encode())
+        self.pool.dispatch(self.pool.pick(None), seq, frame, None)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        for note in getattr(self.settings, "notes", ()):
+            log.info("config: %s", note)
+        bindings = [(sub.event_key, sub.event_subkey) for sub in self.subscriptions]
+        zones = {spec.server_id: spec.zone for spec in self.settings.brokers}
+        await self.ipc.start()
+        await self.pool.start(bindings, zones)
+        await self.manager.start()
+        log.info("kazoo-amqp %s running: node %s, %d workers, socket %s, brokers: %s",
+                 __version__, self.manager.node, self.settings.workers, self.settings.socket,
+                 ", ".join(b.redacted for b in self.settings.brokers))
+
+    async def stop(self) -> None:
+        log.info("stopping: cancelling consumers")
+        await self.manager.stop_consuming()
+        leftovers = await self.pool.stop(self.shutdown_grace)
+        if leftovers:
+            log.warning("%d deliveries were not finished; unacked ones return to the broker",
+                        len(leftovers))
+        await self.ipc.stop(grace=2.0)
+        await self.manager.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
+        log.info("stopped")
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting at once")
+                raise SystemExit(1)
+            self._stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, on_signal)
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+        return 0

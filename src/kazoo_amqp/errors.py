@@ -1,0 +1,145 @@
+"""The one exception hierarchy of kazoo-amqp, grouped by who has to act.
+
+Every message names the thing that is wrong and, where there is one, the fix.
+This module imports nothing of ours, so every layer (and the stdlib-only
+``Client`` inside Kamailio's app_python3) can import it.
+
+    KazooError
+    ├── ConfigError            the operator: a bad config key or value
+    ├── UsageError             the caller: bad arguments to an API call
+    │   ├── BadPayload         not JSON, not an object, invalid UTF-8, too big
+    │   ├── BadRoutingKey      over 255 bytes, malformed consumer:// prefix
+    │   └── BadPath            a JSON path that cannot be parsed (strict callers only)
+    ├── BrokerError            RabbitMQ or the way to it
+    │   ├── NotConnected       no broker reachable and the publish buffer cannot take it
+    │   ├── PublishFailed      nacked, returned (mandatory), buffer deadline passed
+    │   └── BrokerRefused      the broker closed a channel or connection (reply code)
+    ├── QueryTimeout           no correlated reply within the timeout
+    ├── ProtocolError          a malformed frame on the local socket or a worker pipe
+    ├── ShuttingDown           the daemon is stopping; the call was not carried out
+    └── PresenceError          writing presentity state
+        ├── MissingField       a required payload field is absent or empty
+        ├── SchemaError        the presentity table is missing or has the wrong version
+        └── DatabaseError      the database refused the write
+"""
+
+from __future__ import annotations
+
+
+class KazooError(Exception):
+    """Base of every error raised on purpose by kazoo-amqp."""
+
+
+class ConfigError(KazooError):
+    """A configuration key or value is wrong; the message names the key, the value and the fix."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class UsageError(KazooError):
+    """An API or CLI call got arguments it cannot use."""
+
+
+class BadPayload(UsageError):
+    """A message body is not a JSON object (not JSON, not an object, invalid UTF-8, too big)."""
+
+
+class BadRoutingKey(UsageError):
+    """A routing key is over 255 bytes or its ``consumer://<id>/`` prefix is malformed."""
+
+
+class BadPath(UsageError):
+    """A JSON path cannot be parsed (raised only by strict callers; lookups return absent)."""
+
+
+class BrokerError(KazooError):
+    """Something went wrong between us and RabbitMQ."""
+
+
+class NotConnected(BrokerError):
+    """No broker is reachable and the message could not be buffered (buffer full or disabled)."""
+
+
+class PublishFailed(BrokerError):
+    """The broker did not confirm a publish: nack, return of a mandatory message, or deadline."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker closed a channel or the connection with an AMQP reply code."""
+
+    def __init__(self, message: str, *, reply_code: int = 0) -> None:
+        super().__init__(message)
+        self.reply_code = reply_code
+
+
+class QueryTimeout(KazooError):
+    """No reply carrying the query's Msg-ID arrived before its timeout."""
+
+    def __init__(self, message: str, *, msg_id: str = "", timeout_ms: float = 0.0) -> None:
+        super().__init__(message)
+        self.msg_id = msg_id
+        self.timeout_ms = timeout_ms
+
+
+class ProtocolError(KazooError):
+    """A frame on the local API socket or a worker pipe is malformed."""
+
+
+class ShuttingDown(KazooError):
+    """The daemon is stopping; the request was not carried out."""
+
+
+class PresenceError(KazooError):
+    """Writing presence state failed."""
+
+
+class MissingField(PresenceError):
+    """A field the presence package needs is absent or empty in the payload."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SchemaError(PresenceError):
+    """The presentity table is missing or is not Kamailio's schema version the writer supports."""
+
+
+class DatabaseError(PresenceError):
+    """The database refused a presentity write."""
+
+
+#: Name -> class, used to carry typed errors across the local socket.
+ERRORS_BY_NAME: dict[str, type[KazooError]] = {
+    cls.__name__: cls
+    for cls in (
+        KazooError,
+        ConfigError,
+        UsageError,
+        BadPayload,
+        BadRoutingKey,
+        BadPath,
+        BrokerError,
+        NotConnected,
+        PublishFailed,
+        BrokerRefused,
+        QueryTimeout,
+        ProtocolError,
+        ShuttingDown,
+        PresenceError,
+        MissingField,
+        SchemaError,
+        DatabaseError,
+    )
+}
+
+
+def error_from_name(name: str, message: str) -> KazooError:
+    """Rebuild an error sent over the local socket; unknown names become ``KazooError``."""
+    cls = ERRORS_BY_NAME.get(name, KazooError)
+    try:
+        return cls(message)
+    except TypeError:  # pragma: no cover - every class above accepts one positional message
+        return KazooError(message)
