@@ -129,7 +129,6 @@ class DaemonBackend:
             "node": d.manager.node,
             "manager": d.manager.status(),
             "workers": d.pool.status(),
-            "socket": dict(getattr(d.ipc, "stats", {})),
         }
 
     def close(self) -> None:

@@ -43,8 +43,11 @@ HIGH_BYTES = [
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in SAME_IN_BOTH_MODES],
-                         ids=[c[0] for c in SAME_IN_BOTH_MODES])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [c[1:] for c in SAME_IN_BOTH_MODES],
+    ids=[c[0] for c in SAME_IN_BOTH_MODES],
+)
 @pytest.mark.parametrize("mode", ["utf8", "x86"])
 def test_encode_matches_vector_in_both_modes(data: bytes, expected: str, mode: str) -> None:
     """ASCII input encodes the same in both high-byte modes (§15.1)."""
@@ -52,16 +55,18 @@ def test_encode_matches_vector_in_both_modes(data: bytes, expected: str, mode: s
     assert len(encode(data, high_bytes=mode)) == len(expected)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("data", "utf8", "x86"), [c[1:] for c in HIGH_BYTES],
-                         ids=[c[0] for c in HIGH_BYTES])
+@pytest.mark.parametrize(
+    ("data", "utf8", "x86"), [c[1:] for c in HIGH_BYTES], ids=[c[0] for c in HIGH_BYTES]
+)
 def test_encode_high_bytes_are_percent_hex_by_default(data: bytes, utf8: str, x86: str) -> None:
     """By default each byte >= 0x80 becomes %XX uppercase hex."""
     assert encode(data) == utf8
     assert encode(data, high_bytes="utf8") == utf8
 
 
-@pytest.mark.parametrize(("data", "utf8", "x86"), [c[1:] for c in HIGH_BYTES],
-                         ids=[c[0] for c in HIGH_BYTES])
+@pytest.mark.parametrize(
+    ("data", "utf8", "x86"), [c[1:] for c in HIGH_BYTES], ids=[c[0] for c in HIGH_BYTES]
+)
 def test_encode_x86_mode_reproduces_signed_char_quirk(data: bytes, utf8: str, x86: str) -> None:
     """high_bytes='x86' writes the high nibble as chr(0x20 + nibble), like the C module (§7)."""
     assert encode(data, high_bytes="x86") == x86
@@ -110,7 +115,9 @@ def test_encode_rejects_unknown_high_bytes_mode() -> None:
 
 def test_encode_checked_rejects_256_bytes() -> None:
     """E28: kazoo_encode refuses inputs over 255 bytes."""
-    with pytest.raises(BadRoutingKey, match="input to encode is 256 bytes; kazoo_encode accepts at most 255"):
+    with pytest.raises(
+        BadRoutingKey, match="input to encode is 256 bytes; kazoo_encode accepts at most 255"
+    ):
         encode_checked(b"a" * 256)
 
 
@@ -120,12 +127,16 @@ def test_encode_checked_counts_utf8_bytes_not_characters() -> None:
         encode_checked("é" * 128)
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"a" * 255, "a" * 255),
-    (b"." * 255, "%2E" * 85),
-    (b"a" * 254 + b".", "a" * 254 + "%2E"),
-    (b"sip.example.com", "sip%2Eexample%2Ecom"),
-], ids=["255-plain", "255-dots-capped", "E25-via-kazoo-encode", "E1-via-kazoo-encode"])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"a" * 255, "a" * 255),
+        (b"." * 255, "%2E" * 85),
+        (b"a" * 254 + b".", "a" * 254 + "%2E"),
+        (b"sip.example.com", "sip%2Eexample%2Ecom"),
+    ],
+    ids=["255-plain", "255-dots-capped", "E25-via-kazoo-encode", "E1-via-kazoo-encode"],
+)
 def test_encode_checked_accepts_255_bytes_and_caps_like_encode(data: bytes, expected: str) -> None:
     """Inputs up to 255 bytes are encoded by the same algorithm, cap included."""
     assert encode_checked(data) == expected

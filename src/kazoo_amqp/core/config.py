@@ -71,6 +71,7 @@ DEFAULT_CONNECTION = "amqp://guest:guest@127.0.0.1:5672"
 _MAX_WORKERS = 1024
 _MAX_SHORT = 65535
 _MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the NUL
+_SHOWN_MAX = 100  # longest value quoted in an error message
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DB_SCHEMES = ("sqlite", "postgres", "postgresql", "mysql")
 
@@ -157,7 +158,7 @@ _TIMERS: dict[str, tuple[float, bool]] = {
 # Accepted keys that have no effect here, and why (one note each when the file sets them).
 _IGNORED: dict[str, str] = {
     "amqp_query_timeout_avp": (
-        "not applicable: there are no pseudo-variables; pass timeout_ms to kz.query instead"
+        "there are no pseudo-variables to read a timeout from; pass timeout_ms to kz.query instead"
     ),
     "amqp_waitframe_timeout": "our AMQP client reads frames as they arrive; nothing waits on one",
     "amqp_command_hashtable_size": "pending queries are kept in a dict keyed by Msg-ID",
@@ -182,8 +183,7 @@ _IGNORED: dict[str, str] = {
         "legacy (Kamailio <= 4.3) ack sub-loop; acks go out as outcomes arrive"
     ),
     "consume_messages_on_reconnect": (
-        "legacy (Kamailio <= 4.3); after a reconnect deliveries resume at once, bounded by "
-        "prefetch"
+        "legacy (Kamailio <= 4.3); after a reconnect deliveries resume at once, bounded by prefetch"
     ),
     "single_consumer_on_reconnect": (
         "legacy (Kamailio <= 4.3); to keep per-key order use consistent-worker in a subscription"
@@ -286,7 +286,9 @@ def load_config(path: str, *, default_app_version: str) -> Settings:
         ) from None
     base_dir = os.path.dirname(os.path.abspath(path))
     try:
-        return settings_from_mapping(data, base_dir=base_dir, default_app_version=default_app_version)
+        return settings_from_mapping(
+            data, base_dir=base_dir, default_app_version=default_app_version
+        )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}", key=exc.key) from None
 
@@ -309,7 +311,13 @@ def settings_from_mapping(
     r = _Reader(data)
     notes: list[str] = []
 
-    node_hostname = r.string("node_hostname", None, meaning="this node's host name", nonempty=True)
+    node_hostname = r.string(
+        "node_hostname",
+        None,
+        meaning="this node's host name, used in Node and the reply-queue names",
+        nonempty=True,
+        example='"sip1.example.net"',
+    )
     primary_zone = r.string(
         "amqp_primary_zone", "local", meaning="name of the primary zone", nonempty=True
     )
@@ -318,7 +326,10 @@ def settings_from_mapping(
     brokers = _brokers(data, primary_zone, notes)
     workers = _workers(r)
 
-    timers = {name: r.timer(name, default, zero_ok=zero_ok) for name, (default, zero_ok) in _TIMERS.items()}
+    timers = {
+        name: r.timer(name, default, zero_ok=zero_ok)
+        for name, (default, zero_ok) in _TIMERS.items()
+    }
 
     amqps_cert = r.optional_string("amqps_cert", meaning="client certificate file (PEM)")
     amqps_key = r.optional_string("amqps_key", meaning="client private key file (PEM)")
@@ -350,9 +361,7 @@ def settings_from_mapping(
         "event_callback", meaning="function of the routes module called for every event"
     )
     if event_callback is not None and not event_callback.isidentifier():
-        raise r.error(
-            "event_callback", "must be a Python function name", '"ksr_kazoo_event"'
-        )
+        raise r.error("event_callback", "must be a Python function name", '"ksr_kazoo_event"')
 
     timer_interval = _timer_process_interval(r)
 
@@ -369,7 +378,12 @@ def settings_from_mapping(
             str(max(reconnect_min, 10000)),
         )
 
-    settings = Settings(
+    ignored = [
+        f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
+        for key in data
+        if _ignored_name(key) in _IGNORED
+    ]
+    return Settings(
         node_hostname=node_hostname,
         brokers=brokers,
         socket=_socket(r, base_dir),
@@ -529,17 +543,9 @@ def settings_from_mapping(
             ),
         ),
         kamailio_rpc=_kamailio_rpc(r, base_dir),
-        log_level=r.choice(
-            "log_level", "info", _LOG_LEVELS, meaning="log level", lower=True
-        ),
-        notes=(),
+        log_level=r.choice("log_level", "info", _LOG_LEVELS, meaning="log level", lower=True),
+        notes=tuple(ignored + notes),
     )
-    ignored = [
-        f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
-        for key in data
-        if _ignored_name(key) in _IGNORED
-    ]
-    return _replace_notes(settings, tuple(ignored + notes))
 
 
 def describe(settings: Settings) -> list[tuple[str, str]]:
@@ -559,7 +565,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         elif name == "workers":
             rows.append(("amqp_consumer_processes", str(value)))
         elif name == "db_url":
-            rows.append((name, _show(_redact_db_url(value))))
+            rows.append((name, _show(value)))
         elif name in _TIMERS:
             rows.append((name, f"{value:g} s"))
         elif value is None:
@@ -629,14 +635,20 @@ class _Reader:
         raise self.error(key, f"must be true or false, or 1 or 0 ({meaning})", _show(default))
 
     def string(
-        self, key: str, default: str | None, *, meaning: str, nonempty: bool = False
+        self,
+        key: str,
+        default: str | None,
+        *,
+        meaning: str,
+        nonempty: bool = False,
+        example: str | None = None,
     ) -> str:
-        example = _show(default) if default else '"…"'
+        example = example or (_show(default) if default else '"…"')
         if key not in self.data:
             if default is None:
                 raise ConfigError(
                     f"config key {key!r} is missing: it is required ({meaning}), "
-                    f'e.g. {key} = "sip1.example.net"',
+                    f"e.g. {key} = {example}",
                     key=key,
                 )
             return default
@@ -699,9 +711,7 @@ class _Reader:
                 kind = "a non-negative" if zero_ok else "a positive"
                 raise self.error(whole, f"must be {kind} number of seconds", f"{default:g}")
             return float(value)
-        sec = self.integer(
-            sec_key, default_sec, minimum=0, meaning=f"whole seconds of {name}"
-        )
+        sec = self.integer(sec_key, default_sec, minimum=0, meaning=f"whole seconds of {name}")
         micro = self.integer(
             micro_key,
             default_micro,
@@ -716,15 +726,15 @@ class _Reader:
         if total == 0 and not zero_ok:
             key = sec_key if self.given(sec_key) else micro_key
             what = (
-                "the C module then never times out a query; kazoo-amqp never waits forever"
+                "the C module then never times out a query, but kazoo-amqp never waits forever"
                 if name == "amqp_query_timeout"
-                else "a zero timeout would make every attempt fail"
+                else "a zero timeout would make every connection attempt fail"
             )
-            raise self.error(
-                key,
-                f"gives {name} = 0 ({sec_key} = {sec}, {micro_key} = {micro}): {what}; "
-                "set a positive timeout",
-                str(default_sec) if key == sec_key and default_sec else str(default_micro),
+            raise ConfigError(
+                f"config key {key!r} = {_show(self.data[key])}: makes {name} 0 s ({sec_key} = "
+                f"{sec}, {micro_key} = {micro}); {what}. Set a positive timeout, e.g. "
+                f"{sec_key} = {default_sec} and {micro_key} = {default_micro}",
+                key=key,
             )
         return total
 
@@ -768,7 +778,9 @@ def _ignored_name(key: str) -> str:
     return key
 
 
-def _brokers(data: Mapping[str, Any], primary_zone: str, notes: list[str]) -> tuple[BrokerSpec, ...]:
+def _brokers(
+    data: Mapping[str, Any], primary_zone: str, notes: list[str]
+) -> tuple[BrokerSpec, ...]:
     key = "amqp_connection"
     example = f'["{DEFAULT_CONNECTION}"]'
     if key not in data:
@@ -830,14 +842,14 @@ def _timer_process_interval(r: _Reader) -> int:
     meaning = "accepted for compatibility"
     new = r.integer("amqp_timer_process_interval", 200, minimum=1, meaning=meaning)
     old = r.integer("amqp_timmer_process_interval", 200, minimum=1, meaning=meaning)
-    if r.given("amqp_timer_process_interval") and r.given("amqp_timmer_process_interval"):
-        if new != old:
-            raise r.error(
-                "amqp_timmer_process_interval",
-                f"differs from amqp_timer_process_interval = {new}; they are two spellings "
-                "of one key. Keep only one",
-                str(new),
-            )
+    both = r.given("amqp_timer_process_interval") and r.given("amqp_timmer_process_interval")
+    if both and new != old:
+        raise r.error(
+            "amqp_timmer_process_interval",
+            f"differs from amqp_timer_process_interval = {new}; they are two spellings "
+            "of one key. Keep only one",
+            str(new),
+        )
     return old if r.given("amqp_timmer_process_interval") else new
 
 
@@ -871,8 +883,9 @@ def _socket(r: _Reader, base_dir: str) -> str:
     if len(path.encode("utf-8", "surrogateescape")) > _MAX_SOCKET_PATH_BYTES:
         raise r.error(
             "socket",
-            f"resolves to {path!r}, longer than the {_MAX_SOCKET_PATH_BYTES} bytes a Unix "
-            "socket path may have; choose a shorter path",
+            f"resolves to a path of {len(path.encode('utf-8', 'surrogateescape'))} bytes, "
+            f"longer than the {_MAX_SOCKET_PATH_BYTES} a Unix socket path may have; "
+            "choose a shorter path",
             '"/run/kazoo-amqp/kazoo-amqp.sock"',
         )
     return path
@@ -897,7 +910,9 @@ def _db_url(r: _Reader, base_dir: str) -> str:
     try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise _db_error(key, value, "has a port that is not a number from 0 to 65535", example)
+        raise _db_error(
+            key, value, "has a port that is not a number from 0 to 65535", example
+        ) from None
     if not parts.hostname or not parts.path.strip("/"):
         raise _db_error(
             key,
@@ -909,17 +924,8 @@ def _db_url(r: _Reader, base_dir: str) -> str:
 
 
 def _db_error(key: str, value: str, problem: str, example: str) -> ConfigError:
-    shown = _show(_redact_db_url(value))
+    shown = _show(value)
     return ConfigError(f"config key {key!r} = {shown}: {problem}, e.g. {key} = {example}", key=key)
-
-
-def _redact_db_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
@@ -948,12 +954,16 @@ def _kamailio_rpc(r: _Reader, base_dir: str) -> str | None:
     if value.startswith("unix:"):
         path = value[len("unix:") :]
         if not path:
-            raise r.error(key, f"needs a socket path after unix: ({forms})", '"unix:/run/kamailio/kamailio_rpc.sock"')
+            raise r.error(
+                key,
+                f"needs a socket path after unix: ({forms})",
+                '"unix:/run/kamailio/kamailio_rpc.sock"',
+            )
         return "unix:" + _resolve(base_dir, path)
     if value.startswith("udp:"):
-        host, sep, port = value[len("udp:") :].rpartition(":")
+        host, sep, port_text = value[len("udp:") :].rpartition(":")
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not sep or not bare or not _valid_port(port) or "[" in bare or "]" in bare:
+        if not sep or not bare or not _valid_port(port_text) or "[" in bare or "]" in bare:
             raise r.error(key, f"must look like udp:HOST:PORT ({forms})", '"udp:127.0.0.1:8090"')
         return value
     if value.startswith("http://"):
@@ -961,10 +971,9 @@ def _kamailio_rpc(r: _Reader, base_dir: str) -> str | None:
         try:
             port = parts.port
         except ValueError:
-            port = -1
+            port = 0
         if (
             not parts.hostname
-            or port == -1
             or port == 0
             or parts.username is not None
             or parts.query
@@ -985,10 +994,14 @@ def _describe_broker(broker: BrokerSpec) -> str:
     return f"{broker.redacted} (server {broker.server_id}, {zone}, vhost {broker.vhost!r}{tls})"
 
 
-def _replace_notes(settings: Settings, notes: tuple[str, ...]) -> Settings:
-    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    values["notes"] = notes
-    return Settings(**values)
+def _redact(text: str) -> str:
+    """Hide the password of anything that looks like a URL with user information."""
+    if "://" not in text or text.startswith("sqlite://"):
+        return text
+    if text.startswith("zone="):
+        prefix, sep, url = text.partition(";")
+        return prefix + sep + redact_url(url)
+    return redact_url(text)
 
 
 def _show(value: object) -> str:
@@ -997,7 +1010,10 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        shown = _redact(value)
+        if len(shown) > _SHOWN_MAX:
+            shown = shown[: _SHOWN_MAX - 3] + "..."
+        return json.dumps(shown, ensure_ascii=False)
     elif isinstance(value, int | float):
         text = str(value)
     elif isinstance(value, list):
@@ -1006,4 +1022,4 @@ def _show(value: object) -> str:
         text = "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
     else:
         text = str(value)
-    return text if len(text) <= 100 else text[:96] + "…"
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."

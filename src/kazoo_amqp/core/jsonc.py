@@ -1,4 +1,4 @@
-"""json-c compatible JSON: lenient parsing (spec §8.4), spaced serialisation (§8.5), renderings (§8.2).
+"""json-c compatible JSON: lenient parse (spec §8.4), spaced serialisation (§8.5), getters (§8.2).
 
 Parsing takes a fast path first (the stdlib C scanner, with doubles kept as :class:`JsonNumber` so
 their original text survives) and falls back to a small recursive-descent parser that reproduces
@@ -38,7 +38,11 @@ _C_SPACE = " \t\n\v\f\r"  # C isspace() in the C locale
 
 
 class JsonNumber(float):
-    """A JSON double that remembers its original text, serialised back exactly as written."""
+    """A JSON double that remembers its original text, serialised back exactly as written.
+
+    ``lexeme`` is written verbatim into JSON output, so it must be a number as json-c reads it
+    (``1.50``, ``1.``, ``-.5``, ``1e3``) or ``NaN`` / ``Infinity`` / ``-Infinity``.
+    """
 
     __slots__ = ("lexeme",)
 
@@ -108,7 +112,7 @@ def _to_text(data: str | bytes | bytearray | memoryview) -> str:
 
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
-    """Parse JSON like json-c in non-strict mode; raise BadPayload saying what is wrong and where."""
+    """Parse JSON like json-c non-strict mode; BadPayload says what is wrong and where."""
     text = _to_text(data)
     start = _JSON_WS.match(text).end()  # type: ignore[union-attr]
     try:
@@ -361,7 +365,9 @@ class _LenientParser:
             digits = buf[1:] if buf.startswith("-") else buf
             if not digits:
                 self._fail("invalid number", i)
-            value = int(digits) if len(digits) <= 40 else UINT64_MAX + 1
+            digits = digits.lstrip("0") or "0"  # leading zeros are allowed (`01` is 1)
+            # strtoll/strtoull clamp; skipping int() on huge texts keeps this linear.
+            value = int(digits) if len(digits) <= 20 else UINT64_MAX + 1
             if buf.startswith("-"):
                 return max(-value, INT64_MIN), j
             return min(value, UINT64_MAX), j
@@ -414,7 +420,10 @@ def _dump_fast(v: Any) -> str:
         return (
             "{ "
             + ", ".join(
-                [_enc(k) + ": " + (_enc(x) if type(x) is str else _dump_fast(x)) for k, x in v.items()]
+                [
+                    _enc(k) + ": " + (_enc(x) if type(x) is str else _dump_fast(x))
+                    for k, x in v.items()
+                ]
             )
             + " }"
         )
@@ -468,12 +477,15 @@ def _dump_key(k: Any) -> str:
 def dumps(value: Any) -> str:
     """Serialise in json-c spaced format: `{ "a": 1, "b": [ 1, 2 ] }`, `/` escaped as `\\/`."""
     try:
-        text = _dump_fast(value)
-    except TypeError:
-        # encode_basestring refuses a non-str dict key; redo slowly to name the culprit.
-        text = _dump_slow(value)
+        try:
+            text = _dump_fast(value)
+        except TypeError:
+            # encode_basestring refuses a non-str dict key; redo slowly to name the culprit.
+            text = _dump_slow(value)
     except RecursionError:
-        raise BadPayload("payload is not JSON-serialisable: nested too deeply or circular") from None
+        raise BadPayload(
+            "payload is not JSON-serialisable: nested too deeply or circular"
+        ) from None
     return text.replace("/", "\\/")
 
 
@@ -483,7 +495,7 @@ def dumps(value: Any) -> str:
 
 
 def render(value: Any) -> str:
-    """json-c get_string: strings raw, numbers as text (doubles as lexeme), bools, containers spaced."""
+    """json-c get_string: strings raw, numbers as text (doubles as lexeme), containers spaced."""
     t = type(value)
     if t is str:
         return value  # type: ignore[no-any-return]
@@ -530,7 +542,7 @@ def _clamp32(v: int | float) -> int:
 
 
 def get_int(value: Any, default: int) -> int:
-    """json-c get_int: true 1, false 0, "12x" 12 (atoi), 1.9 1, clamped to int32; null -> default."""
+    """json-c get_int: true 1, false 0, "12x" 12, 1.9 1, clamped to int32; null -> default."""
     if value is None:
         return default
     if isinstance(value, bool):

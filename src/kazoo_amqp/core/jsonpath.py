@@ -1,4 +1,4 @@
-"""JSON paths of ``kazoo_json``, ``{kz.json}``, ``{kz.json.count}`` and ``kazoo_json_keys`` (spec §8).
+"""JSON paths: ``kazoo_json``, ``{kz.json}``, ``{kz.json.count}``, ``kazoo_json_keys`` (spec §8).
 
 Paths are dot-separated keys, each optionally followed by one ``[index]``. Where the C code aborts
 or reads undefined memory (empty path, empty segment, a segment starting with ``[``) the lookup
@@ -86,7 +86,7 @@ def _document(doc_or_text: Any) -> Any:
 
 
 def kazoo_json(doc_or_text: Any, path: str, *, escape: str = "%") -> str | None:
-    """`kazoo_json`: the get_string rendering at `path`, or None if missing, null or invalid JSON."""
+    """`kazoo_json`: the get_string rendering at `path`; None if missing, null or invalid JSON."""
     value = lookup(_document(doc_or_text), path, escape=escape)
     if value is MISSING:
         return None

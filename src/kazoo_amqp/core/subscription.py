@@ -31,14 +31,14 @@ This module is pure.
 from __future__ import annotations
 
 import enum
-import importlib
-import json
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from kazoo_amqp.errors import BadRoutingKey, KazooError, UsageError
+from kazoo_amqp.core.jsonc import get_int as _get_int
+from kazoo_amqp.core.jsonc import get_str as _get_str
+from kazoo_amqp.core.jsonc import loads as _jsonc_loads
+from kazoo_amqp.errors import BadPayload, BadRoutingKey, UsageError
 
 __all__ = [
     "AckMode",
@@ -54,9 +54,6 @@ __all__ = [
 MAX_NAME_BYTES = 255
 #: ``basic.qos`` prefetch_count is an unsigned short.
 MAX_PREFETCH = 65535
-
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +128,8 @@ def parse_subscription(desc: Mapping[str, Any] | str) -> Subscription:
     """Build a :class:`Subscription` from the JSON form of ``kazoo_subscribe``.
 
     Args:
-        desc: the description as a mapping, or as JSON text. Text that strict JSON rejects is
-            retried with the json-c compatible parser (``core.jsonc``) when it is available.
+        desc: the description as a mapping, or as JSON text, parsed with json-c's leniency
+            (``core.jsonc``: single quotes, comments, trailing commas, …).
 
     Raises:
         UsageError: the text is not JSON, not an object, or describes something that cannot be
@@ -212,27 +209,9 @@ def subscription_from_args(
 
 def _load(text: str) -> object:
     try:
-        return json.loads(text)
-    except ValueError as strict_error:
-        lenient = _lenient_loads()
-        if lenient is not None:
-            try:
-                return lenient(text)
-            except (ValueError, KazooError):
-                pass
-        raise UsageError(
-            f"kazoo_subscribe: the description is not valid JSON ({strict_error})"
-        ) from None
-
-
-def _lenient_loads() -> Callable[[str], object] | None:
-    """``core.jsonc.loads`` (json-c leniency: single quotes, comments, …) if it exists."""
-    try:
-        module = importlib.import_module("kazoo_amqp.core.jsonc")
-    except ImportError:
-        return None
-    loads = getattr(module, "loads", None)
-    return loads if callable(loads) else None
+        return _jsonc_loads(text)
+    except BadPayload as exc:
+        raise UsageError(f"kazoo_subscribe: the description is not valid JSON ({exc})") from None
 
 
 def _def_object(root: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -336,76 +315,11 @@ def _validate(subscription: Subscription) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# json-c conversions
+# Helpers
 
 
 def _get_flag(src: Mapping[str, Any], key: str, default: bool) -> bool:
     return _get_int(src.get(key), int(default)) != 0
-
-
-def _get_int(value: object, default: int) -> int:
-    """json-c ``get_int`` (32-bit, clamped); ``None`` (null or missing) gives ``default``."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return max(_INT32_MIN, min(_INT32_MAX, value))
-    if isinstance(value, float):
-        if math.isnan(value):
-            return 0
-        if math.isinf(value):
-            return _INT32_MAX if value > 0 else _INT32_MIN
-        return max(_INT32_MIN, min(_INT32_MAX, int(value)))
-    if isinstance(value, str):
-        return max(_INT32_MIN, min(_INT32_MAX, _atoi(value)))
-    return 0
-
-
-def _atoi(text: str) -> int:
-    """``strtoll(text, 10)``: leading whitespace, an optional sign, then digits; else 0."""
-    body = text.lstrip(" \t\n\v\f\r")
-    sign = 1
-    if body[:1] in ("+", "-"):
-        sign = -1 if body[0] == "-" else 1
-        body = body[1:]
-    digits = ""
-    for char in body:
-        if not ("0" <= char <= "9"):
-            break
-        digits += char
-    return sign * int(digits) if digits else 0
-
-
-def _get_str(value: object) -> str:
-    """json-c ``get_string``: strings raw, other values as their JSON text, null -> ``""``."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return _spaced_json(value)
-
-
-def _spaced_json(value: object) -> str:
-    """json-c's ``to_json_string`` layout: ``{ "a": 1 }``, ``[ 1, 2 ]``, ``{ }``, ``[ ]``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("/", "\\/")
-    if isinstance(value, int | float):
-        return repr(value) if isinstance(value, float) else str(value)
-    if isinstance(value, Mapping):
-        if not value:
-            return "{ }"
-        items = ", ".join(f"{_spaced_json(str(k))}: {_spaced_json(v)}" for k, v in value.items())
-        return "{ " + items + " }"
-    if _is_array(value):
-        if not value:
-            return "[ ]"
-        return "[ " + ", ".join(_spaced_json(item) for item in value) + " ]"
-    return str(value)
 
 
 def _is_array(value: object) -> TypeGuard[Sequence[object]]:

@@ -171,11 +171,14 @@ def encode_response_error(id: int | None, exc: BaseException) -> bytes:
     else:
         type_name = "KazooError"
         message = f"internal error: {type(exc).__name__}: {exc}"
-    error = {"type": type_name, "message": message}
-    # ``backslashreplace``: an error message holding a lone surrogate must still be sendable.
-    return encode_frame(
-        _dumps({"id": id, "ok": False, "error": error}).encode("utf-8", "backslashreplace")
-    )
+    try:
+        text = _dumps({"id": id, "ok": False, "error": {"type": type_name, "message": message}})
+        return encode_frame(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A message holding a lone surrogate must still be sendable: escape it visibly.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = _dumps({"id": id, "ok": False, "error": {"type": type_name, "message": message}})
+        return encode_frame(text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------

@@ -144,6 +144,11 @@ class KamailioRpc:
 
     def _parse_target(self) -> None:
         t = self.target
+        self._kind = ""
+        self._https = False
+        self._host = ""
+        self._port = 0
+        self._path = ""
         lower = t.lower()
         if lower.startswith(("http://", "https://")):
             parts = urllib.parse.urlsplit(t)
@@ -182,12 +187,14 @@ class KamailioRpc:
     # ------------------------------------------------------------------ transports
 
     def _timeout_error(self, method: str) -> KazooError:
-        hint = {
-            "udp": f'is jsonrpcs loaded with transport 4 (or 0/6) and dgram_socket "{self.target}"?',
-            "unix": f'is jsonrpcs loaded with transport 4 (or 0/6) and dgram_socket "{self._path}"?',
-            "http": "is xhttp loaded and jsonrpcs' transport 0 or 1, with an event_route[xhttp:"
-            "request] calling jsonrpc_dispatch() for this path?",
-        }[self._kind]
+        if self._kind == "http":
+            hint = (
+                "is xhttp loaded and jsonrpcs' transport 0 or 1, with an event_route[xhttp:"
+                "request] calling jsonrpc_dispatch() for this path?"
+            )
+        else:
+            where = self.target if self._kind == "udp" else self._path
+            hint = f'is jsonrpcs loaded with transport 4 (or 0/6) and dgram_socket "{where}"?'
         return KazooError(
             f"Kamailio RPC at {self.target} did not answer {method} within "
             f"{self.timeout:.1f} s: {hint}"
@@ -208,7 +215,9 @@ class KamailioRpc:
         except TimeoutError:
             raise self._timeout_error(method) from None
         except OSError as exc:
-            raise KazooError(f"Kamailio RPC at {self.target} unreachable for {method}: {exc}") from exc
+            raise KazooError(
+                f"Kamailio RPC at {self.target} unreachable for {method}: {exc}"
+            ) from exc
         finally:
             conn.close()
         if resp.status != 200:

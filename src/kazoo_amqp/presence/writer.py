@@ -45,6 +45,8 @@ _MYSQL_GONE = {2006, 2013, 2014, 2045, 2055}
 _COLUMNS = "username, domain, event, etag, sender, body, received_time, expires, priority"
 _UPDATED = ("sender", "body", "received_time", "expires", "priority")
 
+_MAX_MESSAGE = 400
+
 Row = tuple[str, str, str, str, str, bytes, int, int, int]
 
 
@@ -54,8 +56,7 @@ def _import_driver(kind: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ConfigError(
-            f"db_url uses {kind} but {module} is not installed: "
-            f"pip install 'kazoo-amqp[{extra}]'",
+            f"db_url uses {kind} but {module} is not installed: pip install 'kazoo-amqp[{extra}]'",
             key="db_url",
         ) from exc
 
@@ -154,6 +155,8 @@ def _message(exc: BaseException, url: DbUrl) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if url.password and len(url.password) >= 3:
         text = text.replace(url.password, "***")
+    if len(text) > _MAX_MESSAGE:  # PostgreSQL's DETAIL repeats the whole failing row
+        text = text[:_MAX_MESSAGE] + "…"
     return text
 
 
@@ -201,7 +204,9 @@ class PresentityWriter:
             self._upsert = f"{insert} ON DUPLICATE KEY UPDATE {sets}"
         else:
             sets = ", ".join(f"{c} = excluded.{c}" for c in _UPDATED)
-            self._upsert = f"{insert} ON CONFLICT (username, domain, event, etag) DO UPDATE SET {sets}"
+            self._upsert = (
+                f"{insert} ON CONFLICT (username, domain, event, etag) DO UPDATE SET {sets}"
+            )
         self._flush = f"DELETE FROM {t} WHERE username = {p} AND domain = {p} AND event = {p}"
         self._expire = f"DELETE FROM {t} WHERE expires > 0 AND expires < {p}"
 
@@ -226,9 +231,7 @@ class PresentityWriter:
         url = db_url if isinstance(db_url, DbUrl) else parse_db_url(db_url)
         check_table_name(table)
         _check_lock_type(lock_type)
-        conn = connect(
-            url, create=init, timeout=connect_timeout, busy_timeout_ms=busy_timeout_ms
-        )
+        conn = connect(url, create=init, timeout=connect_timeout, busy_timeout_ms=busy_timeout_ms)
         try:
             if init:
                 _init(conn, url, table)
@@ -276,41 +279,68 @@ class PresentityWriter:
             return
         rows = [_row(u) for u in updates]
 
+        steps = self._plan(updates, rows)
+
         def apply(cur: Any) -> None:
-            i, n = 0, len(updates)
-            while i < n:
-                if updates[i].flush is FlushScope.PRESENTITY:
-                    u = updates[i]
-                    what = _describe(u)
-                    try:
-                        cur.execute(self._flush, (u.username, u.domain, u.event))
-                        cur.execute(self._upsert, rows[i])
-                    except Exception as exc:
-                        raise _Failed(exc, what) from exc
-                    i += 1
-                    continue
-                j = i
-                while j < n and updates[j].flush is not FlushScope.PRESENTITY:
-                    j += 1
+            for sql, params, first, last in steps:
                 try:
-                    if j - i == 1:
-                        cur.execute(self._upsert, rows[i])
+                    if len(params) == 1:
+                        cur.execute(sql, params[0])
                     else:
-                        cur.executemany(self._upsert, rows[i:j])
+                        cur.executemany(sql, params)
                 except Exception as exc:
-                    if j - i == 1:
-                        what = _describe(updates[i])
+                    if first == last:
+                        what = _describe(updates[first])
                     else:
                         what = (
-                            f"one of {j - i} upserts from {_describe(updates[i])} "
-                            f"to {_describe(updates[j - 1])}"
+                            f"one of updates {first + 1}-{last + 1} ({_describe(updates[first])} "
+                            f"... {_describe(updates[last])})"
                         )
                     raise _Failed(exc, what) from exc
-                i = j
 
         self._transaction(apply, f"batch of {len(updates)} update(s)")
         self.stats["batches"] += 1
         self.stats["rows"] += len(updates)
+
+    def _plan(
+        self, updates: Sequence[PresentityUpdate], rows: list[Row]
+    ) -> list[tuple[str, list[tuple[Any, ...]], int, int]]:
+        """Statements for a batch: ``(sql, parameter rows, first index, last index)``.
+
+        A run of consecutive ETAG updates is one ``executemany`` in order. A PRESENTITY update is
+        a DELETE then the upsert. On SQLite and PostgreSQL (binary key comparison) a run of
+        consecutive PRESENTITY updates is collapsed to the last update of each
+        ``(username, domain, event)``: one ``executemany`` of DELETEs, one of upserts. That gives
+        the same rows as applying them one by one (each DELETE wipes what the earlier ones wrote).
+        MySQL compares keys by collation (case- and accent-insensitive by default), so there
+        they stay one by one.
+        """
+        steps: list[tuple[str, list[tuple[Any, ...]], int, int]] = []
+        i, n = 0, len(updates)
+        while i < n:
+            scope = updates[i].flush
+            j = i
+            while j < n and (updates[j].flush is FlushScope.PRESENTITY) == (
+                scope is FlushScope.PRESENTITY
+            ):
+                j += 1
+            if scope is not FlushScope.PRESENTITY:
+                steps.append((self._upsert, list(rows[i:j]), i, j - 1))
+            elif self.kind == "mysql" or j - i == 1:
+                for k in range(i, j):
+                    u = updates[k]
+                    steps.append((self._flush, [(u.username, u.domain, u.event)], k, k))
+                    steps.append((self._upsert, [rows[k]], k, k))
+            else:
+                last: dict[tuple[str, str, str], int] = {}
+                for k in range(i, j):
+                    u = updates[k]
+                    last[(u.username, u.domain, u.event)] = k
+                keep = sorted(last.values())
+                steps.append((self._flush, list(last), i, j - 1))
+                steps.append((self._upsert, [rows[k] for k in keep], i, j - 1))
+            i = j
+        return steps
 
     def delete_expired(self, now: int) -> int:
         """Delete rows with ``0 < expires < now`` (as Kamailio's clean timer); return the count."""
@@ -350,7 +380,9 @@ class PresentityWriter:
                         retried = True
                         log.warning(
                             "%s: connection lost (%s); reconnecting and retrying the %s once",
-                            self.url, _message(failed.exc, self.url), label,
+                            self.url,
+                            _message(failed.exc, self.url),
+                            label,
                         )
                         self._reopen()
                         continue

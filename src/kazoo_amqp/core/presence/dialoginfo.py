@@ -76,16 +76,17 @@ def build_dialog_info(payload: Mapping[str, Any], *, include_entity: bool = True
     to_tag = get_str(payload, "To-Tag")
     direction = get_str(payload, "Direction")
 
-    head = f'<dialog id="{xml.attr(dialog_id)}"'
-    if call_id:
-        head += f' call-id="{xml.attr(call_id)}"'
     local_tag = f'local-tag="{xml.attr(from_tag)}"' if from_tag else ""
     remote_tag = f'remote-tag="{xml.attr(to_tag)}"' if to_tag else ""
-    head += f" {local_tag} {remote_tag}"  # the C slots: one space each, even when empty
-    if direction in DIRECTIONS:
-        head += f' direction="{direction}"'
+    direction_attr = f'direction="{direction}"' if direction in DIRECTIONS else ""
+    if call_id:
+        # The C template: one space before each slot, even when the slot is empty.
+        head = f'<dialog id="{xml.attr(dialog_id)}" call-id="{xml.attr(call_id)}"'
+        head += f" {local_tag} {remote_tag}"
+        head = head + f" {direction_attr}" if direction_attr else head.rstrip(" ")
     else:
-        head = head.rstrip(" ")
+        attributes = (f'id="{xml.attr(dialog_id)}"', local_tag, remote_tag, direction_attr)
+        head = "<dialog " + " ".join(a for a in attributes if a)
 
     local = _participant(
         "local",

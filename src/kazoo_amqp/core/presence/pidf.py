@@ -58,7 +58,8 @@ def presence_state(state: str) -> tuple[str, str, str]:
 
 def pidf_entity(user: str, realm: str) -> str:
     """``sip:user@realm`` with both parts percent-encoded where a URI needs it."""
-    return f"sip:{xml.uri(user, safe=_USER_SAFE)}@{xml.uri(realm, safe=_HOST_SAFE)}"
+    user_part = xml.percent_encode(user, safe=_USER_SAFE)
+    return f"sip:{user_part}@{xml.percent_encode(realm, safe=_HOST_SAFE)}"
 
 
 def tuple_id(call_id: str) -> str:

@@ -204,10 +204,11 @@ def _missing(
     fields: list[str],
     descriptions: Mapping[str, str],
 ) -> MissingField:
-    wanted = " and ".join(
+    named = [
         f"{name!r} ({descriptions.get(name) or _DESCRIPTIONS.get(name, 'required')})"
         for name in fields
-    )
+    ]
+    wanted = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
     return MissingField(
         f"{package} update needs {wanted}; got payload with {_context(payload)}",
         field=fields[0],

@@ -10,7 +10,8 @@ still gives well-formed XML:
   (every attribute is double-quoted, so ``'`` stays as it is, as in the C output) and writes
   TAB/LF/CR as character references so attribute-value normalisation cannot change them.
 * :func:`uri` percent-encodes what may not appear in an RFC 3986 URI, so ``xs:anyURI`` values
-  (``entity``, ``<identity>``) stay valid whatever the payload holds.
+  (``entity``, ``<identity>``) stay valid whatever the payload holds (libxml2's ``anyURI`` check
+  rejects e.g. ``%zz``, a second ``#``, or ``[::1]`` in a ``sip:`` URI).
 * :func:`xml_id` maps any text to a valid ``xs:ID`` (NCName).
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["URI_SAFE", "attr", "clean", "is_ncname", "text", "uri", "xml_id"]
+__all__ = ["URI_SAFE", "attr", "clean", "is_ncname", "percent_encode", "text", "uri", "xml_id"]
 
 REPLACEMENT = "\ufffd"
 
@@ -44,6 +45,7 @@ URI_SAFE = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?@!$&'()*+,;="
 )
 _HEX = frozenset("0123456789ABCDEFabcdef")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 _NCNAME_ASCII = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
 _ID_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -64,11 +66,25 @@ def attr(value: str) -> str:
     return clean(value).translate(_ATTR_ESCAPES)
 
 
-def uri(value: str, *, safe: frozenset[str] = URI_SAFE) -> str:
-    """``value`` with every character outside ``safe`` percent-encoded (UTF-8 bytes).
+def uri(value: str) -> str:
+    """``value`` as a valid RFC 3986 URI reference (for ``xs:anyURI`` values).
 
-    A ``%`` already followed by two hex digits is kept, so an encoded URI is not encoded twice;
-    any other ``%`` becomes ``%25``. Plain SIP URIs (``sip:1000@example.com``) are unchanged.
+    Characters outside :data:`URI_SAFE` are percent-encoded (:func:`percent_encode`). Without a
+    scheme, a ``:`` before the first ``/`` or ``?`` is encoded too, since it would otherwise be
+    read as one (RFC 3986 §4.2). Plain SIP URIs (``sip:1000@example.com``) are unchanged.
+    """
+    encoded = percent_encode(value)
+    if _SCHEME.match(encoded):
+        return encoded
+    end = min((i for i in (encoded.find("/"), encoded.find("?")) if i >= 0), default=len(encoded))
+    return encoded[:end].replace(":", "%3A") + encoded[end:]
+
+
+def percent_encode(value: str, *, safe: frozenset[str] = URI_SAFE) -> str:
+    """``value`` with every character outside ``safe`` percent-encoded (its UTF-8 bytes).
+
+    A ``%`` already followed by two hex digits is kept, so an encoded value is not encoded
+    twice; any other ``%`` becomes ``%25``.
     """
     value = clean(value)
     out: list[str] = []

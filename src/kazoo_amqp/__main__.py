@@ -1,0 +1,5 @@
+import sys
+
+from kazoo_amqp.cli import main
+
+sys.exit(main())

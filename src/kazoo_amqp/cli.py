@@ -1,0 +1,291 @@
+"""The ``kazoo-amqp`` command line: argument parsing, one call each, named exit codes.
+
+    kazoo-amqp run --config FILE
+    kazoo-amqp check-config --config FILE
+    kazoo-amqp publish EXCHANGE ROUTING_KEY PAYLOAD [--headers H]
+    kazoo-amqp query EXCHANGE ROUTING_KEY PAYLOAD [--timeout-ms N] [--headers H]
+    kazoo-amqp pua-publish PAYLOAD [--package P]
+    kazoo-amqp encode TEXT
+    kazoo-amqp json JSON PATH
+    kazoo-amqp status
+    kazoo-amqp db init
+
+``publish``/``query``/``pua-publish`` use a running daemon's socket; when none answers, publish
+and query connect to the broker themselves and pua-publish writes the database directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kazoo_amqp.errors import (
+    BadPayload,
+    BadRoutingKey,
+    ConfigError,
+    KazooError,
+    NotConnected,
+    QueryTimeout,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_ABSENT = 1  # `json`: the path is absent
+EXIT_BAD_INPUT = 2  # bad arguments, bad payload, bad config
+EXIT_TIMEOUT = 3  # query timed out
+EXIT_NO_BROKER = 4  # no daemon and no broker reachable
+EXIT_FAILED = 5  # anything else the daemon or broker refused
+
+DEFAULT_CONFIG = "kazoo-amqp.toml"
+
+
+def _version() -> str:
+    from kazoo_amqp import __version__
+
+    return __version__
+
+
+def _load(path: str | None, *, required: bool = True) -> Any:
+    from kazoo_amqp.core.config import load_config
+
+    path = path or os.environ.get("KAZOO_AMQP_CONFIG") or DEFAULT_CONFIG
+    if not os.path.exists(path):
+        if required:
+            raise ConfigError(
+                f"config file {path!r} not found: pass --config FILE "
+                "(see examples/kazoo-amqp.toml) or set KAZOO_AMQP_CONFIG"
+            )
+        return None
+    return load_config(path, default_app_version=_version())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _socket_path(args: argparse.Namespace) -> tuple[str | None, Any]:
+    settings = _load(args.config, required=args.socket is None and args.config is not None)
+    if args.socket:
+        return args.socket, settings
+    return (settings.socket if settings is not None else None), settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kazoo_amqp.daemon import Daemon
+
+    settings = _load(args.config)
+    _setup_logging(settings.log_level)
+    config_path = os.path.abspath(args.config or os.environ.get("KAZOO_AMQP_CONFIG")
+                                  or DEFAULT_CONFIG)
+    daemon = Daemon(settings, config_path)
+    return asyncio.run(daemon.run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from kazoo_amqp.core.config import describe
+
+    settings = _load(args.config)
+    for key, value in describe(settings):
+        print(f"{key} = {value}")
+    for note in getattr(settings, "notes", ()):
+        print(f"note: {note}")
+    if settings.routes:
+        from kazoo_amqp.daemon import run_mod_init
+
+        subs = run_mod_init(settings)
+        print(f"routes: {settings.routes}: kazoo:mod-init declares {len(subs)} subscriptions")
+    print("config OK")
+    return EXIT_OK
+
+
+def _client_call(args: argparse.Namespace, call: Callable[[Any], Any],
+                 direct: Callable[[Any], Any] | None) -> Any:
+    from kazoo_amqp.ipc.client import Client
+
+    path, settings = _socket_path(args)
+    if path is not None:
+        client = Client(path, timeout=30.0)
+        try:
+            return call(client)
+        except NotConnected as exc:
+            if direct is None or "not listening" not in str(exc) and "daemon" not in str(exc):
+                raise
+        finally:
+            client.close()
+    if direct is None or settings is None:
+        raise NotConnected(
+            "no kazoo-amqp daemon answers and no config was given to reach the broker "
+            "directly: pass --config FILE"
+        )
+    return direct(settings)
+
+
+async def _direct_manager(settings: Any, action: Callable[[Any], Any]) -> Any:
+    from kazoo_amqp.amqp.manager import Manager
+
+    manager = Manager(settings, subscriptions=[], dispatcher=None, on_event=lambda *a: None)
+    await manager.start()
+    try:
+        if not await manager.wait_connected(max(settings.amqp_connect_timeout, 1.0) + 4.0):
+            raise NotConnected(f"no broker reachable: {manager.describe_links()}")
+        return await action(manager)
+    finally:
+        await manager.stop()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    result = _client_call(
+        args,
+        lambda c: c.publish(args.exchange, args.routing_key, args.payload, headers=args.headers),
+        lambda s: asyncio.run(_direct_manager(
+            s, lambda m: m.publish(args.exchange, args.routing_key, args.payload, args.headers))),
+    )
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from kazoo_amqp.core import jsonc
+
+    def direct(s: Any) -> Any:
+        text = asyncio.run(_direct_manager(s, lambda m: m.query(
+            args.exchange, args.routing_key, args.payload, args.headers, args.timeout_ms)))
+        return jsonc.loads(text)
+
+    reply = _client_call(
+        args,
+        lambda c: c.query(args.exchange, args.routing_key, args.payload,
+                          timeout_ms=args.timeout_ms, headers=args.headers),
+        direct,
+    )
+    print(jsonc.dumps(reply))
+    return EXIT_OK
+
+
+def cmd_pua_publish(args: argparse.Namespace) -> int:
+    def direct(s: Any) -> Any:
+        from kazoo_amqp.presence.service import PresenceService
+
+        service = PresenceService.from_settings(s)
+        try:
+            return service.publish(args.payload, args.package)
+        finally:
+            service.close()
+
+    result = _client_call(args, lambda c: c.pua_publish(args.payload, args.package), direct)
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _client_call(args, lambda c: c.status(), None)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from kazoo_amqp.core.encode import encode_checked
+
+    settings = _load(args.config, required=False)
+    mode = settings.encode_high_bytes if settings is not None else "utf8"
+    if args.x86:
+        mode = "x86"
+    print(encode_checked(args.text.encode("utf-8", "surrogateescape"), high_bytes=mode))
+    return EXIT_OK
+
+
+def cmd_json(args: argparse.Namespace) -> int:
+    from kazoo_amqp.core.jsonpath import kazoo_json
+
+    settings = _load(args.config, required=False)
+    escape = settings.json_escape_char if settings is not None else "%"
+    value = kazoo_json(args.json, args.path, escape=escape)
+    if value is None:
+        print(f"kazoo-amqp json: path {args.path!r} is absent", file=sys.stderr)
+        return EXIT_ABSENT
+    print(value)
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from kazoo_amqp.presence.service import init_database
+
+    settings = _load(args.config)
+    created = init_database(settings)
+    print("created the presentity schema" if created else "schema already present (version 5)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kazoo-amqp", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"kazoo-amqp {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", help="TOML config (default: $KAZOO_AMQP_CONFIG or ./kazoo-amqp.toml)")
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "run the daemon")
+    add("check-config", cmd_check_config, "validate the config and routes without connecting")
+    for name, func, help_ in (("publish", cmd_publish, "publish a JSON message"),
+                              ("query", cmd_query, "publish and wait for the correlated reply")):
+        p = add(name, func, help_)
+        p.add_argument("exchange")
+        p.add_argument("routing_key")
+        p.add_argument("payload", help="JSON object text")
+        p.add_argument("--headers", help="AMQP headers, k1=v1;k2=v2")
+        p.add_argument("--socket", help="daemon socket (default: from the config)")
+        if name == "query":
+            p.add_argument("--timeout-ms", type=int, default=None)
+    p = add("pua-publish", cmd_pua_publish, "write presence state from a JSON update")
+    p.add_argument("payload")
+    p.add_argument("--package", choices=("presence", "dialog", "message-summary"))
+    p.add_argument("--socket")
+    p = add("status", cmd_status, "show a running daemon's state and counters")
+    p.add_argument("--socket")
+    p = add("encode", cmd_encode, "kz.encode a routing-key word")
+    p.add_argument("text")
+    p.add_argument("--x86", action="store_true", help="C module's signed-char form for non-ASCII")
+    p = add("json", cmd_json, "read a JSON path (kz.json)")
+    p.add_argument("json")
+    p.add_argument("path")
+    p = add("db", cmd_db, "database tools")
+    p.add_argument("action", choices=("init",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except QueryTimeout as exc:
+        print(f"kazoo-amqp: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except NotConnected as exc:
+        print(f"kazoo-amqp: {exc}", file=sys.stderr)
+        return EXIT_NO_BROKER
+    except (ConfigError, UsageError, BadPayload, BadRoutingKey) as exc:
+        print(f"kazoo-amqp: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KazooError as exc:
+        print(f"kazoo-amqp: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

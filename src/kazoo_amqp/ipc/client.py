@@ -1,0 +1,684 @@
+"""Clients of the daemon's local socket: :class:`Client` (blocking) and :class:`AsyncClient`.
+
+This module imports only the standard library and ``kazoo_amqp.errors`` / ``core.framing`` /
+``core.wire`` (and ``core.jsonc`` when present), because :class:`Client` runs inside Kamailio's
+app_python3: Debian's system Python 3.11, no event loop, no threads, in SIP worker processes
+forked after the script was loaded.
+
+:class:`Client` rules:
+
+* One blocking connection, opened on first use and re-opened in a forked child (the child never
+  touches the parent's connection beyond closing its own copy of the descriptor).
+* One request at a time. If the connection turns out to be dead while *sending* (the daemon
+  restarted), the request cannot have reached the daemon, so it is sent once more on a fresh
+  connection. Once a request has been written it is never sent again: if no reply comes, the
+  call raises and says the request may or may not have been carried out.
+* A daemon that does not answer in time raises :class:`~kazoo_amqp.errors.QueryTimeout` for a
+  query and :class:`~kazoo_amqp.errors.NotConnected` otherwise, and the connection is dropped
+  (so a late reply can never be taken for the answer to a later request).
+
+:class:`AsyncClient` shares one connection between any number of concurrent callers: requests
+are pipelined with ids, writes made in the same loop iteration leave in one ``write``, and the
+protocol's ``data_received`` resolves each caller's future by id. No lock is held across a
+round trip.
+
+Typed errors sent by the daemon are raised as the same :mod:`kazoo_amqp.errors` class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from kazoo_amqp.core.framing import FrameDecoder
+from kazoo_amqp.core.wire import PUA_PACKAGES, Response, decode_response, encode_request
+from kazoo_amqp.errors import (
+    BadPayload,
+    KazooError,
+    NotConnected,
+    ProtocolError,
+    QueryTimeout,
+    UsageError,
+)
+
+__all__ = ["DEFAULT_QUERY_WAIT", "QUERY_WAIT_MARGIN", "AsyncClient", "Client", "Payload"]
+
+#: What ``payload`` may be: a dict (serialised here) or JSON text.
+Payload = dict[str, Any] | str | bytes | bytearray
+
+#: Seconds added to a query's ``timeout_ms`` before the client gives up on the daemon.
+QUERY_WAIT_MARGIN = 2.0
+#: Seconds the client waits for a query reply when ``timeout_ms`` is None or 0 (the daemon
+#: applies its own default then, 2 s unless configured).
+DEFAULT_QUERY_WAIT = 10.0
+
+_RECV_SIZE = 65536
+_ID_MASK = 0x7FFFFFFF
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE killing Kamailio
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _reply_parser() -> Callable[[str], Any]:
+    try:
+        from kazoo_amqp.core import jsonc
+    except ImportError:  # pragma: no cover - jsonc ships with the package
+        return json.loads
+    loads: Callable[[str], Any] = getattr(jsonc, "loads", json.loads)
+    return loads
+
+
+_parse_reply = _reply_parser()
+
+
+# --------------------------------------------------------------------------------------
+# shared argument handling
+
+
+def _payload_text(payload: Payload) -> str:
+    """The payload as JSON text: a dict is serialised, text is passed on unparsed."""
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, dict):
+        try:
+            return _dumps(payload)
+        except (TypeError, ValueError) as exc:
+            raise BadPayload(f"payload cannot be serialised to JSON: {exc}") from None
+    if isinstance(payload, bytes | bytearray | memoryview):
+        try:
+            return bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadPayload(
+                f"payload is not valid UTF-8 at byte {exc.start} ({exc.reason}); "
+                "pass a dict, a str, or UTF-8 encoded JSON bytes"
+            ) from None
+    raise BadPayload(
+        f"payload must be a dict or JSON text (str or UTF-8 bytes), not {type(payload).__name__}"
+    )
+
+
+def _text_arg(name: str, value: Any, *, optional: bool = False) -> Any:
+    if type(value) is str or (optional and value is None):
+        return value
+    wanted = "a str or None" if optional else "a str"
+    raise UsageError(f"{name} must be {wanted}, not {type(value).__name__}")
+
+
+def _package_arg(package: Any) -> str | None:
+    if package is None or (type(package) is str and package in PUA_PACKAGES):
+        return package
+    raise UsageError(
+        f"package must be None, 'presence', 'dialog' or 'message-summary', not {package!r}"
+    )
+
+
+def _query_wait(timeout_ms: int | None) -> float:
+    if timeout_ms is None or timeout_ms == 0:
+        return DEFAULT_QUERY_WAIT
+    if type(timeout_ms) is not int or timeout_ms < 0:
+        raise UsageError(f"timeout_ms must be a non-negative int or None, not {timeout_ms!r}")
+    return timeout_ms / 1000.0 + QUERY_WAIT_MARGIN
+
+
+def _query_result(result: Any) -> dict[str, Any]:
+    if type(result) is not str:
+        raise ProtocolError(f"the daemon answered a query with {type(result).__name__}, not text")
+    try:
+        reply = _parse_reply(result)
+    except ValueError as exc:
+        raise BadPayload(f"the query reply is not JSON: {exc}") from None
+    if type(reply) is not dict:
+        raise BadPayload(f"the query reply is JSON {type(reply).__name__}, not an object")
+    return reply
+
+
+def _dict_result(op: str, result: Any) -> dict[str, Any]:
+    if type(result) is not dict:
+        raise ProtocolError(f"the daemon answered {op} with {type(result).__name__}, not an object")
+    return result
+
+
+def _not_listening(path: str) -> NotConnected:
+    return NotConnected(
+        f"kazoo-amqp daemon is not listening on {path}: start it with "
+        "`kazoo-amqp run --config FILE`"
+    )
+
+
+def _connect_error(path: str, exc: OSError) -> NotConnected:
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return _not_listening(path)
+    if isinstance(exc, PermissionError):
+        return NotConnected(
+            f"no permission to connect to the kazoo-amqp daemon on {path}: the socket is mode "
+            "0660, so run as the daemon's user or add this user to its group"
+        )
+    if isinstance(exc, TimeoutError):
+        return NotConnected(f"the kazoo-amqp daemon on {path} did not accept a connection in time")
+    return NotConnected(f"cannot connect to the kazoo-amqp daemon on {path}: {exc}")
+
+
+def _lost(path: str, op: str) -> NotConnected:
+    return NotConnected(
+        f"the connection to the kazoo-amqp daemon on {path} closed before it answered the {op}; "
+        "it may or may not have been carried out"
+    )
+
+
+def _no_answer(path: str, op: str, wait: float) -> KazooError:
+    if op == "query":
+        return QueryTimeout(
+            f"the kazoo-amqp daemon on {path} gave no answer to the query within {wait:g} s",
+            timeout_ms=wait * 1000.0,
+        )
+    return NotConnected(
+        f"the kazoo-amqp daemon on {path} did not answer the {op} within {wait:g} s; "
+        "it may or may not have been carried out"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# blocking client
+
+
+class Client:
+    """Blocking client, safe to create before Kamailio forks its SIP workers.
+
+    >>> kz = Client("/run/kazoo-amqp/kazoo-amqp.sock")          # doctest: +SKIP
+    >>> kz.publish("callmgr", "route.req", {"Event-Name": "x"})  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._pid = -1
+        self._decoder = FrameDecoder()
+        self._frames: deque[bytes] = deque()
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # ---- API
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish ``payload``; return the daemon's result once the broker confirmed it or the
+        daemon buffered it (the daemon decides which)."""
+        result = self._call(
+            "publish",
+            self._timeout,
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+        )
+        return _dict_result("publish", result)
+
+    def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        result = self._call(
+            "query",
+            _query_wait(timeout_ms),
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+            timeout_ms=timeout_ms,
+        )
+        return _query_result(result)
+
+    def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
+        """Write the presentity update in ``payload`` (``package``: None, ``"presence"``,
+        ``"dialog"`` or ``"message-summary"``)."""
+        result = self._call(
+            "pua_publish",
+            self._timeout,
+            payload=_payload_text(payload),
+            package=_package_arg(package),
+        )
+        return _dict_result("pua_publish", result)
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status snapshot."""
+        return _dict_result("status", self._call("status", self._timeout))
+
+    def ping(self) -> bool:
+        """True when the daemon answers; False (never an exception) when it does not."""
+        try:
+            return self._call("ping", self._timeout) is True
+        except KazooError:
+            return False
+
+    def close(self) -> None:
+        """Close the connection; the next call opens a new one."""
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- machinery
+
+    def _call(self, op: str, wait: float, **fields: Any) -> Any:
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            self._next_id = request_id = (self._next_id + 1) & _ID_MASK
+            frame = encode_request(request_id, op, **fields)
+            sock = self._connected()
+            try:
+                sock.sendall(frame, _SEND_FLAGS)
+            except OSError as exc:
+                # The frame did not (completely) reach the daemon, so it cannot have been
+                # carried out. The daemon may have said why before closing (frame too big).
+                early = self._read_early_error(request_id)
+                self._drop()
+                if early is not None:
+                    raise early from None
+                if isinstance(exc, TimeoutError):
+                    raise NotConnected(
+                        f"the kazoo-amqp daemon on {self._path} did not take the {op} within "
+                        f"{self._timeout:g} s; it was not carried out"
+                    ) from None
+                sock = self._connected()  # the daemon restarted: one fresh connection
+                try:
+                    sock.sendall(frame, _SEND_FLAGS)
+                except OSError:
+                    early = self._read_early_error(request_id)
+                    self._drop()
+                    if early is not None:
+                        raise early from None
+                    raise _lost(self._path, op) from None
+            response = self._wait(request_id, op, wait)
+        if response.ok:
+            return response.result
+        raise response.error()
+
+    def _wait(self, request_id: int, op: str, wait: float) -> Response:
+        sock = self._sock
+        assert sock is not None
+        frames = self._frames
+        deadline = time.monotonic() + wait
+        while True:
+            while frames:
+                try:
+                    response = decode_response(frames.popleft())
+                except ProtocolError:
+                    self._drop()
+                    raise
+                if response.id == request_id:
+                    return response
+                if response.id is None and not response.ok:
+                    # The daemon could not read the id of a frame; ours is the only one in flight.
+                    return response
+                # else: a reply to a request abandoned earlier; not ours.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._drop()
+                raise _no_answer(self._path, op, wait)
+            try:
+                sock.settimeout(remaining)
+                data = sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                self._drop()
+                raise _no_answer(self._path, op, wait) from None
+            except OSError:
+                self._drop()
+                raise _lost(self._path, op) from None
+            if not data:
+                self._drop()
+                raise _lost(self._path, op)
+            try:
+                frames.extend(self._decoder.feed(data))
+            except ProtocolError:
+                self._drop()
+                raise
+
+    def _read_early_error(self, request_id: int) -> KazooError | None:
+        """An error reply already waiting on a connection we failed to write to, if any."""
+        sock = self._sock
+        if sock is None:
+            return None
+        chunks = []
+        try:
+            sock.setblocking(False)
+            while True:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    break
+                chunks.append(data)
+        except OSError:
+            pass
+        try:
+            frames = self._decoder.feed(b"".join(chunks))
+            for frame in frames:
+                response = decode_response(frame)
+                if not response.ok and response.id in (None, request_id):
+                    return response.error()
+        except ProtocolError:
+            pass
+        return None
+
+    def _connected(self) -> socket.socket:
+        sock = self._sock
+        if sock is not None:
+            return sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._timeout)
+            sock.connect(self._path)
+        except OSError as exc:
+            sock.close()
+            raise _connect_error(self._path, exc) from None
+        self._sock = sock
+        self._decoder = FrameDecoder()
+        self._frames.clear()
+        return sock
+
+    def _drop(self) -> None:
+        sock = self._sock
+        self._sock = None
+        self._frames.clear()
+        if sock is not None:
+            sock.close()
+
+    def _after_fork(self) -> None:
+        # Runs first thing in a child: the lock may have been held by a thread of the parent, and
+        # the connection belongs to the parent (closing our copy of the fd does not affect it).
+        self._lock = threading.Lock()
+        self._drop()
+        self._pid = os.getpid()
+
+
+# --------------------------------------------------------------------------------------
+# asyncio client
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """The connection of one :class:`AsyncClient`: coalesced writes, replies matched by id."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future[Response]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        self._out.clear()
+        self.fail_all(None)
+        self._wake_writers()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail_all(exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        pending = self.pending
+        for frame in frames:
+            try:
+                response = decode_response(frame)
+            except ProtocolError as exc:
+                self.fail_all(exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            future = pending.pop(response.id, None) if response.id is not None else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(response)
+            elif response.id is None and not response.ok:
+                # The daemon could not read one of our frames: it cannot say which, so every
+                # request in flight is failed rather than left to time out.
+                self.fail_all(response.error())
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        writable = self._writable
+        self._writable = None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    async def writable(self) -> None:
+        """Wait while the daemon is not reading (the transport's buffer is full)."""
+        while self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def send(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.transport is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.transport.write(data)
+
+    def fail_all(self, exc: KazooError | None) -> None:
+        pending = self.pending
+        self.pending = {}
+        for request_id, future in pending.items():
+            if not future.done():
+                future.set_exception(
+                    exc if exc is not None else _lost(self.path, f"request {request_id}")
+                )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+
+def _expire(future: asyncio.Future[Response], error: Callable[[], KazooError]) -> None:
+    if not future.done():
+        future.set_exception(error())
+
+
+class AsyncClient:
+    """Asyncio client; one pipelined connection shared by every concurrent caller.
+
+    >>> async with AsyncClient("/run/kazoo-amqp/kazoo-amqp.sock") as kz:   # doctest: +SKIP
+    ...     await kz.publish("callmgr", "route.req", {"Event-Name": "x"})
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._protocol: _ClientProtocol | None = None
+        self._connect_lock = asyncio.Lock()
+        self._next_id = 0
+        self._pid = os.getpid()
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # ---- API
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish ``payload``; return once the broker confirmed it or the daemon buffered it."""
+        result = await self._call(
+            "publish",
+            self._timeout,
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+        )
+        return _dict_result("publish", result)
+
+    async def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        result = await self._call(
+            "query",
+            _query_wait(timeout_ms),
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+            timeout_ms=timeout_ms,
+        )
+        return _query_result(result)
+
+    async def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
+        """Write the presentity update in ``payload``."""
+        result = await self._call(
+            "pua_publish",
+            self._timeout,
+            payload=_payload_text(payload),
+            package=_package_arg(package),
+        )
+        return _dict_result("pua_publish", result)
+
+    async def status(self) -> dict[str, Any]:
+        """The daemon's status snapshot."""
+        return _dict_result("status", await self._call("status", self._timeout))
+
+    async def ping(self) -> bool:
+        """True when the daemon answers; False (never an exception) when it does not."""
+        try:
+            return await self._call("ping", self._timeout) is True
+        except KazooError:
+            return False
+
+    async def connect(self) -> None:
+        """Open the connection now instead of on the first call (raises NotConnected)."""
+        await self._connection()
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting get NotConnected. The client is done."""
+        self._closed = True
+        protocol = self._protocol
+        self._protocol = None
+        if protocol is not None:
+            protocol.fail_all(NotConnected(f"the client of {self._path} was closed"))
+            protocol.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- machinery
+
+    async def _connection(self) -> _ClientProtocol:
+        if self._pid != os.getpid():  # forked: the connection and its loop are the parent's
+            self._protocol = None
+            self._connect_lock = asyncio.Lock()
+            self._pid = os.getpid()
+        async with self._connect_lock:
+            if self._closed:
+                raise NotConnected(f"the client of {self._path} is closed")
+            current = self._protocol
+            if current is not None and not current.lost:
+                return current
+            loop = asyncio.get_running_loop()
+            path = self._path
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_unix_connection(lambda: _ClientProtocol(path), path),
+                    self._timeout,
+                )
+            except OSError as exc:  # TimeoutError included
+                raise _connect_error(path, exc) from None
+            self._protocol = protocol
+            return protocol
+
+    async def _call(self, op: str, wait: float, **fields: Any) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.lost or self._pid != os.getpid():
+            protocol = await self._connection()
+        self._next_id = request_id = (self._next_id + 1) & _ID_MASK
+        frame = encode_request(request_id, op, **fields)
+        await protocol.writable()
+        if protocol.lost:
+            raise _lost(self._path, op)  # lost while waiting to write; nothing was sent
+        loop = protocol.loop
+        future: asyncio.Future[Response] = loop.create_future()
+        protocol.pending[request_id] = future
+        protocol.send(frame)
+        path = self._path
+        timer = loop.call_later(wait, _expire, future, lambda: _no_answer(path, op, wait))
+        try:
+            response = await future
+        finally:
+            timer.cancel()
+            protocol.pending.pop(request_id, None)
+        if response.ok:
+            return response.result
+        raise response.error()
