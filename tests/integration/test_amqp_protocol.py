@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import struct
@@ -89,14 +88,13 @@ def rabbitmqctl(*args: str) -> str:
 
 
 def connection_pid(name: str) -> str:
-    out = rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json")
-    for row in json.loads(out):
-        props = row["client_properties"]
-        # client_properties is a list of [key, type, value] triples
-        for key, _type, value in props:
-            if key == "connection_name" and value == name:
-                return str(row["pid"])
-    raise AssertionError(f"connection {name!r} not listed by rabbitmqctl")
+    """The broker's pid of our connection, found by its connection_name client property."""
+    out = rabbitmqctl("list_connections", "pid", "client_properties", "--silent")
+    for line in out.splitlines():
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in props:
+            return pid
+    raise AssertionError(f"connection {name!r} not listed by rabbitmqctl:\n{out}")
 
 
 # --------------------------------------------------------------------------- connect

@@ -516,7 +516,13 @@ def test_tuple_ids() -> None:
 
 
 def test_json_c_field_reads() -> None:
-    payload = {"n": None, "b": True, "i": 42, "o": {"a": [1, "x/y"], "b": {}}, "l": []}
+    payload: dict[str, Any] = {
+        "n": None,
+        "b": True,
+        "i": 42,
+        "o": {"a": [1, "x/y"], "b": {}},
+        "l": [],
+    }
     assert [get_str(payload, k) for k in ("missing", "n", "b", "i", "l")] == [
         "",
         "",

@@ -495,7 +495,11 @@ class _ClientProtocol(asyncio.Protocol):
             await asyncio.shield(self._writable)
 
     def send(self, frame: bytes) -> None:
-        self._out.append(frame)
+        out = self._out
+        if not out and len(self.pending) <= 1 and self.transport is not None:
+            self.transport.write(frame)  # alone in flight: no one to coalesce with, no extra turn
+            return
+        out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)

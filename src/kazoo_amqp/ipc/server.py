@@ -338,6 +338,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._malformed_logged = 0
+        self._reading = False
         self._eof = False
         self._closed = False
 
@@ -378,8 +379,15 @@ class _Connection(asyncio.Protocol):
             self._send_error(None, exc)
             self.close()
             return
-        for frame in frames:
-            self._handle(frame)
+        # Replies produced while handling this read (ping, status, errors) leave in one write.
+        self._reading = True
+        try:
+            for frame in frames:
+                self._handle(frame)
+        finally:
+            self._reading = False
+        if self._out:
+            self._flush()
 
     def eof_received(self) -> bool | None:
         # The client has shut down its sending side. Keep the transport open until the replies
@@ -513,19 +521,29 @@ class _Connection(asyncio.Protocol):
     def _send(self, data: bytes) -> None:
         if self._closed:
             return
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        out = self._out
+        if self._reading or out or self._flush_scheduled or len(self._tasks) > 1:
+            # Other replies may join this one: write once, at the end of this read or loop turn.
+            out.append(data)
+            if not self._reading and not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            return
+        # The only request in flight: nothing to coalesce with, so no extra loop turn.
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
-        if not out or self._transport is None:
+        transport = self._transport
+        if not out or transport is None or transport.is_closing():
+            out.clear()
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self._transport.write(data)
+        transport.write(data)
 
     def _update_reading(self) -> None:
         transport = self._transport

@@ -313,7 +313,10 @@ class WorkerPool:
             "them again", handle.index, handle.proc.returncode if handle.proc else code,
             len(handle.inflight),
         )
-        for seq in list(handle.inflight):
+        if handle.inflight:
+            # A worker runs its deliveries in order, so only the oldest unfinished one can have
+            # been running when it died; the others are innocent and just go to the new process.
+            seq = min(handle.inflight)
             item = handle.inflight[seq]
             item.attempts += 1
             if item.attempts > self.max_redeliveries:
@@ -321,12 +324,11 @@ class WorkerPool:
                 self._inflight_total -= 1
                 self.counters["gave_up"] += 1
                 log.error(
-                    "delivery %d was in flight in %d dead workers: giving up on it "
+                    "delivery %d was running in %d workers that died or hung: giving up on it "
                     "(max_redeliveries = %d)", seq, item.attempts, self.max_redeliveries,
                 )
                 self.on_done(item.token, GAVE_UP)
-            else:
-                self.counters["redelivered"] += 1
+            self.counters["redelivered"] += len(handle.inflight)
         handle.outbox.clear()  # everything in the outbox is also in inflight
         if handle.restarts > 1:
             await asyncio.sleep(min(0.1 * handle.restarts, 2.0))

@@ -188,6 +188,9 @@ class KamailioPresence:
         domain: the presence domain used by default (``example.net``).
         debug: Kamailio log level (2 = info; 3 = debug, very verbose).
         clean_period: presence ``clean_period`` in seconds (expired-row timer).
+        children: SIP worker processes.  Keep 1 with SQLite: Kamailio 5.6's
+            db_sqlite has no busy timeout, so two workers writing
+            ``active_watchers`` at once fail with "database is locked".
         start_timeout: seconds to wait for the JSON-RPC port to answer.
         extra_defines: more ``#!define`` names for the template.
 
@@ -212,6 +215,7 @@ class KamailioPresence:
         domain: str = "example.net",
         debug: int = 2,
         clean_period: int = 100,
+        children: int = 1,
         start_timeout: float = 15.0,
         extra_defines: Sequence[str] = (),
     ) -> None:
@@ -219,6 +223,7 @@ class KamailioPresence:
         self.domain = domain
         self.debug = debug
         self.clean_period = clean_period
+        self.children = children
         self.start_timeout = start_timeout
         self.extra_defines = tuple(extra_defines)
         if db == "sqlite":
@@ -371,6 +376,7 @@ class KamailioPresence:
             "DB_URL": self.db_url,
             "CTL_SOCKET": str(self.ctl_socket or ""),
             "CLEAN_PERIOD": str(self.clean_period),
+            "CHILDREN": str(self.children),
         }
         text = CFG_TEMPLATE.read_text()
         text = re.sub(r"@@([A-Z_]+)@@", lambda m: values[m.group(1)], text)
@@ -467,12 +473,14 @@ class KamailioPresence:
         with self.db() as con:
             con.execute(self._ph(sql), params)
 
-    def presentity_rows(self, user: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
+    def presentity_rows(
+        self, user: str | None = None, event: str | None = None
+    ) -> list[dict[str, Any]]:
         """Rows of ``presentity`` (optionally filtered), as dicts; body decoded as UTF-8."""
-        sql = "SELECT username, domain, event, etag, expires, received_time, body, sender FROM presentity"
+        keys = ("username", "domain", "event", "etag", "expires", "received_time", "body", "sender")
+        sql = "SELECT " + ", ".join(keys) + " FROM presentity"
         where, params = self._filters(("username", user), ("event", event))
         rows = self.query(sql + where + " ORDER BY received_time, id", params)
-        keys = ("username", "domain", "event", "etag", "expires", "received_time", "body", "sender")
         out = []
         for r in rows:
             d = dict(zip(keys, r, strict=True))
@@ -481,7 +489,9 @@ class KamailioPresence:
             out.append(d)
         return out
 
-    def active_watchers(self, presentity_uri: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
+    def active_watchers(
+        self, presentity_uri: str | None = None, event: str | None = None
+    ) -> list[dict[str, Any]]:
         """Rows of ``active_watchers`` (subs_db_mode 1 writes them at SUBSCRIBE time)."""
         keys = ("presentity_uri", "event", "watcher_username", "watcher_domain", "callid",
                 "to_tag", "from_tag", "contact", "expires", "status")  # fmt: skip
@@ -489,14 +499,18 @@ class KamailioPresence:
         where, params = self._filters(("presentity_uri", presentity_uri), ("event", event))
         return [dict(zip(keys, r, strict=True)) for r in self.query(sql + where, params)]
 
-    def wait_watchers(self, presentity_uri: str, event: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_watchers(
+        self, presentity_uri: str, event: str, count: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
         """Wait until at least ``count`` subscriptions for (uri, event) are stored."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.active_watchers(presentity_uri, event)
             if len(rows) >= count or time.monotonic() >= deadline:
                 if len(rows) < count:
-                    raise TimeoutError(f"{len(rows)} watcher(s) of {presentity_uri} {event} after {timeout}s")
+                    raise TimeoutError(
+                        f"{len(rows)} watcher(s) of {presentity_uri} {event} after {timeout}s"
+                    )
                 return rows
             time.sleep(0.05)
 
@@ -535,7 +549,9 @@ class KamailioPresence:
                 if reply.get("id") == self._rpc_id:
                     return reply
 
-    def refresh_watchers(self, uri: str, event: str, type_: int = 1, retries: int = 3) -> dict[str, Any]:
+    def refresh_watchers(
+        self, uri: str, event: str, type_: int = 1, retries: int = 3
+    ) -> dict[str, Any]:
         """``presence.refreshWatchers(uri, event, type_)``; returns the reply.
 
         ``type_`` must be the JSON number 1 for "presentity table changed".
@@ -671,6 +687,11 @@ class Watcher:
             NOTIFY makes SIPp fail the call (exit 1) after this long.
         total_timeout: hard limit for the SIPp process (``-timeout``, and the
             harness kills it shortly after).
+        unsubscribe: send the un-SUBSCRIBE (Expires 0) at the end (default).
+            With ``False`` SIPp just exits and the subscription stays in
+            Kamailio until it expires -- useful when the test keeps refreshing
+            while watchers finish (each un-SUBSCRIBE is a DB write in a SIP
+            worker that can collide with a refresh on SQLite).
         name: label for the per-watcher directory (default ``<event>-<user>-<n>``).
 
     Use as a context manager (started on enter, stopped on exit) or call
@@ -690,6 +711,7 @@ class Watcher:
         max_notifies: int = 20,
         recv_timeout: float = 20.0,
         total_timeout: float = 60.0,
+        unsubscribe: bool = True,
         name: str | None = None,
     ) -> None:
         if event not in SCENARIOS:
@@ -705,6 +727,7 @@ class Watcher:
         self.max_notifies = max_notifies
         self.recv_timeout = recv_timeout
         self.total_timeout = total_timeout
+        self.unsubscribe = unsubscribe
         label = name or f"{event}-{user}-{Watcher._counter}"
         self.dir = harness.run_dir / "watchers" / re.sub(r"[^A-Za-z0-9_.-]", "_", label)
         self.scenario_path = self.dir / "scenario.xml"
@@ -739,8 +762,13 @@ class Watcher:
             r'compare="less_than" value=")\d+(")',
             rf"\g<1>{self.max_notifies}\g<2>", text,
         )  # fmt: skip
-        if n1 != 1 or n2 != 1:
-            raise HarnessError(f"{SCENARIOS[self.event]}: WANTED/MAXNOTIFY markers not found")
+        n3 = 1
+        if not self.unsubscribe:
+            text, n3 = re.subn(r'<send next="unsubscribe">', '<send next="finished">', text)
+        if n1 != 1 or n2 != 1 or n3 != 1:
+            raise HarnessError(
+                f"{SCENARIOS[self.event]}: WANTED/MAXNOTIFY/unsubscribe markers not found"
+            )
         self.scenario_path.write_text(text)
 
     def start(self) -> Watcher:
@@ -856,8 +884,12 @@ class Watcher:
     def diagnostics(self) -> str:
         """SIPp's errors, its message trace tail and Kamailio's log tail, for failures."""
         parts = [f"sipp rc={self.returncode} dir={self.dir}"]
-        for title, path, n in (("sipp errors", self.err_path, 20), ("sipp messages", self.msg_path, 60),
-                               ("kamailio log", self.harness.log_path, 30)):  # fmt: skip
+        sources = (
+            ("sipp errors", self.err_path, 20),
+            ("sipp messages", self.msg_path, 60),
+            ("kamailio log", self.harness.log_path, 30),
+        )
+        for title, path, n in sources:
             parts.append(f"--- {title} ({path}):\n{_tail(path, n)}")
         return "\n".join(parts)
 

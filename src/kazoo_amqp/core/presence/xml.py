@@ -109,8 +109,10 @@ def xml_id(value: str, *, prefix: str, empty: str) -> str:
     """A valid ``xs:ID`` for ``value``: ``value`` itself when it is an ASCII NCName.
 
     Otherwise ``prefix`` followed by ``value`` with every byte outside ``[A-Za-z0-9.-]`` written
-    as ``_XX`` (so distinct values stay distinct), e.g. ``abc@host`` -> ``tabc_40host`` with
-    prefix ``t``. ``empty`` is returned for ``""``. ``prefix`` and ``empty`` must be NCNames.
+    as ``_XX`` (``_`` itself included, so two such values never share an id), e.g. ``abc@host``
+    -> ``tabc_40host`` with prefix ``t``. ``empty`` is returned for ``""``. ``prefix`` and
+    ``empty`` must be NCNames. Ids only have to be unique within one document, which holds a
+    single tuple, so a clash with an NCName value that passed through unchanged is harmless.
     """
     if not value:
         return empty
