@@ -10,6 +10,9 @@ Phases, each on a fresh non-durable queue filled before the consume phases:
 * publish with confirms, pipelined (at most ``--window`` unconfirmed), 524-byte JSON bodies;
 * consume with no_ack;
 * consume with an ack per message (acks coalesced into one write per loop iteration), prefetch;
+* query round trip: publish a request, an echo consumer (on a second connection, standing in for
+  the remote service) publishes it to a reply queue, our reply consumer resolves the waiter;
+  ``--trips`` sequential trips, median and p99 in milliseconds;
 * the same two consumes with pika's BlockingConnection, in the same run, so the ratios mean
   something on a noisy machine.
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery  # noqa: E402
+from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery
 
 
 def make_body(size: int) -> bytes:
@@ -44,7 +47,9 @@ async def connect(args: argparse.Namespace) -> Connection:
     )
 
 
-async def publish(ch: Channel, queue: str, body: bytes, count: int, window: int, limit: float) -> float:
+async def publish(
+    ch: Channel, queue: str, body: bytes, count: int, window: int, limit: float
+) -> float:
     """Publish ``count`` messages with confirms; returns msg/s (confirmed)."""
     outstanding: collections.deque[asyncio.Future[None]] = collections.deque()
     t0 = time.perf_counter()
@@ -90,6 +95,41 @@ async def consume(
     await ch.basic_cancel(tag)
     await ch.close()
     return got / elapsed
+
+
+async def query_round_trips(args: argparse.Namespace, body: bytes) -> list[float]:
+    """Sequential request -> echo -> reply trips; returns the latencies in seconds."""
+    service = await connect(args)
+    client = await connect(args)
+    try:
+        svc = await service.channel()
+        requests, _, _ = await svc.queue_declare("", exclusive=True)
+
+        def echo(d: Delivery) -> None:
+            svc.publish("", "reply-" + requests, d.body, correlation_id=d.correlation_id)
+
+        await svc.basic_consume(requests, echo, no_ack=True)
+        ch = await client.channel()
+        await ch.queue_declare("reply-" + requests, exclusive=True)
+        waiter: asyncio.Future[None] | None = None
+
+        def on_reply(d: Delivery) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        await ch.basic_consume("reply-" + requests, on_reply, no_ack=True)
+        loop = asyncio.get_running_loop()
+        latencies = []
+        for i in range(args.trips):
+            waiter = loop.create_future()
+            t0 = time.perf_counter()
+            ch.publish("", requests, body, correlation_id=str(i), reply_to="reply-" + requests)
+            await asyncio.wait_for(waiter, 5)
+            latencies.append(time.perf_counter() - t0)
+        return latencies
+    finally:
+        await client.close()
+        await service.close()
 
 
 def pika_consume(args: argparse.Namespace, queue: str, count: int, *, no_ack: bool) -> float:
@@ -151,7 +191,9 @@ async def ours_consume(args: argparse.Namespace, queue: str, *, no_ack: bool) ->
         await conn.close()
 
 
-def run_round(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
+def run_round(
+    args: argparse.Namespace, results: dict[str, list[float]], latency: dict[str, list[float]]
+) -> None:
     body = make_body(args.size)
     queue = f"bench-raw-{uuid.uuid4().hex[:8]}"
     run: Callable[..., float] = asyncio.run
@@ -160,9 +202,14 @@ def run_round(args: argparse.Namespace, results: dict[str, list[float]]) -> None
         results["ours: consume no_ack"].append(run(ours_consume(args, queue, no_ack=True)))
         results["ours: publish + confirms"].append(run(fill(args, queue, body)))
         results["ours: consume ack each"].append(run(ours_consume(args, queue, no_ack=False)))
+        trips = sorted(run(query_round_trips(args, body)))
+        latency["query round trip p50"].append(trips[len(trips) // 2] * 1000)
+        latency["query round trip p99"].append(trips[int(len(trips) * 0.99)] * 1000)
         if not args.no_pika:
             run(fill(args, queue, body))
-            results["pika: consume no_ack"].append(pika_consume(args, queue, args.count, no_ack=True))
+            results["pika: consume no_ack"].append(
+                pika_consume(args, queue, args.count, no_ack=True)
+            )
             run(fill(args, queue, body))
             results["pika: consume ack each"].append(
                 pika_consume(args, queue, args.count, no_ack=False)
@@ -183,13 +230,15 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--limit", type=float, default=30.0, help="seconds per phase at most")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--trips", type=int, default=2000, help="query round trips")
     parser.add_argument("--no-pika", action="store_true")
     args = parser.parse_args()
 
     results: dict[str, list[float]] = collections.defaultdict(list)
+    latency: dict[str, list[float]] = collections.defaultdict(list)
     t0 = time.perf_counter()
     for _ in range(args.rounds):
-        run_round(args, results)
+        run_round(args, results, latency)
     print(
         f"\n{args.count} messages x {args.size} bytes, window {args.window}, "
         f"prefetch {args.prefetch}, {args.rounds} round(s), {time.perf_counter() - t0:.0f} s"
@@ -198,6 +247,9 @@ def main() -> None:
     for name, values in results.items():
         runs = " ".join(f"{v:,.0f}" for v in values)
         print(f"{name:<28} {statistics.median(values):>13,.0f} {runs:>30}")
+    for name, values in latency.items():
+        runs = " ".join(f"{v:.2f}" for v in values)
+        print(f"{name + ' (ms)':<28} {statistics.median(values):>13.2f} {runs:>30}")
     if not args.no_pika:
         ours = statistics.median(results["ours: consume no_ack"])
         theirs = statistics.median(results["pika: consume no_ack"])

@@ -203,6 +203,21 @@ def test_three_packages_at_once_via_harness_helpers(kamailio_presence: KamailioP
 
 
 @pytest.mark.kamailio
+@pytest.mark.postgres
+def test_postgres_backend(make_kamailio, kamailio_pg_dsn: str) -> None:  # type: ignore[no-untyped-def]
+    """Same flow with db_postgres (needs $KAZOO_E2E_PG_DSN; the tables are reset)."""
+    kam = make_kamailio(db=kamailio_pg_dsn, name="kamailio-pg")
+    with Watcher(kam, "message-summary", USER, DOMAIN) as w:
+        w.wait_subscribed(timeout=10)
+        assert len(kam.wait_watchers(URI, "message-summary", timeout=5)) == 1
+        kam.write_presentity(USER, "message-summary", MWI)
+        assert kam.refresh_watchers(URI, "message-summary").get("result") == {}
+        assert w.wait_notify_bodies(timeout=10) == [MWI], w.diagnostics()
+        assert w.wait(timeout=30) == 0, w.diagnostics()
+    assert kam.presentity_rows(USER)[0]["body"] == MWI
+
+
+@pytest.mark.kamailio
 def test_refresh_without_watchers_and_with_a_wrong_type(
     kamailio_presence: KamailioPresence,
 ) -> None:

@@ -359,6 +359,72 @@ async def test_nack_requeue_redelivers(
     ch.ack(second.delivery_tag)
 
 
+@pytest.mark.broker
+async def test_coalesced_acks_never_ack_an_unacked_delivery(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    ch = await conn.channel()
+    queue = await temp_queue(ch, cleanup)
+    for i in range(12):
+        ch.publish("", queue, b"%d" % i)
+    got = Collector()
+    await ch.basic_consume(queue, got, no_ack=False)
+    await got.wait_for(12)
+    written: list[bytes] = []
+    real_write = conn._transport.write  # type: ignore[union-attr]
+
+    def spy(data: bytes) -> None:
+        written.append(bytes(data))
+        real_write(data)
+
+    conn._transport.write = spy  # type: ignore[union-attr, method-assign]
+    for tag in (2, 3, 4, 5):  # tag 1 stays unacked: no multiple ack may cover it
+        ch.ack(tag)
+    await asyncio.sleep(0.05)
+    for tag in (1, 7, 6, 8, 9, 10):  # now 1..10 are settled: 1 goes out as a run with 6..10
+        ch.ack(tag)
+    await asyncio.sleep(0.05)
+    ch.reject(12, requeue=True)
+    await asyncio.sleep(0.2)
+    conn._transport.write = real_write  # type: ignore[union-attr, method-assign]
+
+    acks = []
+    for chunk in written:
+        for i in range(0, len(chunk), 21):
+            frame = chunk[i : i + 21]
+            cm, tag, bits = struct.unpack(">IQB", frame[7:20])
+            acks.append((cm & 0xFFFF, tag, bits))
+    assert acks == [
+        (80, 2, 0), (80, 3, 0), (80, 4, 0), (80, 5, 0),  # 1 missing: one by one
+        (80, 1, 0), (80, 7, 0), (80, 10, 1),  # 1 settles 1..5; 6 settles 6..7; 8..10 a run
+        (90, 12, 1),
+    ]  # fmt: skip
+    assert ch.is_open
+    await ch.close()  # 11 (never acked) and 12 (requeued) are ready again
+    probe = await conn.channel()
+    assert (await probe.queue_declare(queue, passive=True))[1] == 2
+
+
+@pytest.mark.broker
+async def test_acks_are_not_coalesced_next_to_a_no_ack_consumer(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    ch = await conn.channel()
+    acked_q, auto_q = await temp_queue(ch, cleanup), await temp_queue(ch, cleanup)
+    manual = Collector(ack=True)
+    auto = Collector()
+    await ch.basic_consume(acked_q, manual, no_ack=False)
+    await ch.basic_consume(auto_q, auto, no_ack=True)
+    for i in range(300):
+        ch.publish("", acked_q if i % 3 else auto_q, b"%d" % i)
+    await manual.wait_for(200)
+    await auto.wait_for(100)
+    await asyncio.sleep(0.2)
+    assert ch.is_open
+    probe = await conn.channel()
+    assert (await probe.queue_declare(acked_q, passive=True))[1] == 0
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -402,7 +468,7 @@ async def test_publish_to_missing_exchange_closes_only_the_channel(conn: Connect
     reason = await ch.closed
     assert isinstance(reason, BrokerRefused) and reason.reply_code == 404
     assert not ch.is_open
-    with pytest.raises(NotConnected, match="channel .* is closed"):
+    with pytest.raises(NotConnected, match=r"channel \d+ is closed"):
         ch.publish("", "x", b"{}")
     ch.ack(1)  # a no-op on a closed channel
     assert conn.is_open
@@ -583,6 +649,8 @@ class FakeBroker:
         self.tune_ok: spec.Connection.TuneOk | None = None
         self.heartbeats = 0
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[Any]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -591,10 +659,15 @@ class FakeBroker:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
-        if hasattr(self.server, "close_clients"):
-            self.server.close_clients()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        self.writers.add(writer)
         try:
             assert await reader.readexactly(8) == b"AMQP\x00\x00\x09\x01"
             if not self.handshake:

@@ -527,6 +527,7 @@ def test_postgres_password_never_shown() -> None:
 
 
 def test_unreachable_server_is_a_database_error() -> None:
+    pytest.importorskip("psycopg")
     with pytest.raises(
         DatabaseError, match=r"cannot connect to postgres://u:\*\*\*@127\.0\.0\.1:1/x"
     ):
@@ -795,3 +796,33 @@ def test_db_url_repr_redacts_password() -> None:
     assert repr(url) == "DbUrl('postgres://kam:***@db:5432/kamailio')"
     assert url.password == "hunter22"
     assert str(parse_db_url("sqlite:///a/b.db")) == "sqlite:///a/b.db"
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [100, 1])
+def test_sqlite_throughput(sqlite_db: str, batch: int) -> None:
+    """Run with ``-m slow -k throughput -s`` to see the numbers (docs/compat-writer.md)."""
+    body = (
+        '<?xml version="1.0"?><dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" '
+        'version="1" state="full" entity="sip:1000@example.com"><dialog id="x" call-id="abc" '
+        'direction="initiator"><state>confirmed</state></dialog></dialog-info>'
+    )
+    count = 20_000
+    results = []
+    with PresentityWriter.open(sqlite_db) as w:
+        for scope in (FlushScope.ETAG, FlushScope.PRESENTITY):
+            ups = [
+                upd(str(1000 + i % 2000), f"call-{i % 5000}", body, flush=scope)
+                for i in range(count)
+            ]
+            start = time.perf_counter()
+            for i in range(0, count, batch):
+                w.write(ups[i : i + batch])
+            elapsed = time.perf_counter() - start
+            results.append((scope.name, count / elapsed, 1000 * elapsed / (count / batch)))
+    for name, rate, ms in results:
+        print(f"\nsqlite {name:10} batch={batch:<3} {rate:9.0f} rows/s {ms:.3f} ms/transaction")
+        assert rate > 1000  # a very lax floor: catches a lost transaction or a per-row fsync

@@ -270,6 +270,7 @@ def test_client_reconnects_after_server_restart(
         second.stop()
 
 
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # the server thread; 3.12+
 def test_client_works_in_a_forked_child(
     make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
 ) -> None:
@@ -519,6 +520,29 @@ async def test_requests_before_half_close_are_still_answered(served: Any, sock_p
     responses = await async_read_responses(sock, 5)
     assert [(r.id, r.ok) for r in responses] == [(5, True)]
     sock.close()
+
+
+async def test_requests_of_a_vanished_client_are_carried_out(sock_path: str) -> None:
+    backend = FakeBackend()
+    server = IpcServer(sock_path, backend, max_frame=MAX_FRAME, max_inflight_per_connection=4)
+    await server.start()
+    try:
+        sock = raw_connect(sock_path)
+        sock.sendall(
+            b"".join(
+                encode_request(i, "publish", exchange="e", routing_key="sleep.0.01", payload="{}")
+                for i in range(20)
+            )
+        )
+        sock.close()  # gone before any reply: 4 running, 16 in the backlog
+        for _ in range(200):
+            if len(backend.published) == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert len(backend.published) == 20
+        assert server.inflight == 0
+    finally:
+        await server.stop(1.0)
 
 
 def test_client_that_does_not_read_replies_is_throttled(

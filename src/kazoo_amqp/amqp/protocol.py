@@ -371,6 +371,7 @@ class Connection:
         # outbound: one list, one write per loop iteration
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
+        self._ack_channels: list[Channel] = []  # channels with acks batched this iteration
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
@@ -475,6 +476,7 @@ class Connection:
         for chan in list(self._channels.values()):
             chan._consumers.clear()
             chan._closing = True  # no new publishes; confirms still settle until close-ok
+        self._flush()  # batched acks go out before the close
         self._write_method(0, spec.Connection.Close(200, "Normal shutdown", 0, 0))
         self._flush()
         with contextlib.suppress(TimeoutError, NotConnected):
@@ -616,6 +618,10 @@ class Connection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._ack_channels:
+            channels, self._ack_channels = self._ack_channels, []
+            for chan in channels:
+                chan._emit_acks()
         out = self._out
         if not out:
             return
@@ -1000,6 +1006,14 @@ class Channel:
         self._props: tuple[dict[str, Any] | None, str | None, str | None] = (None, None, None)
         self._remaining = 0
         self._parts: list[bytes] | None = None
+        # consumer acks: plain acks of one loop iteration are batched in _ack_batch; a run of
+        # consecutive tags right above _ack_floor (every tag <= floor is settled by us) goes out
+        # as one multiple=True ack. Only while the channel has no no_ack consumer, whose
+        # deliveries also use up delivery tags.
+        self._ack_batch: list[int] = []
+        self._ack_floor = 0
+        self._settled_above: set[int] = set()
+        self._coalesce_acks = True
         # publisher confirms
         self._confirm = False
         self._next_tag = 1
@@ -1198,6 +1212,9 @@ class Channel:
             tag = str(ok.consumer_tag)
             self._consumers[tag.encode("utf-8")] = (tag, on_delivery)
 
+        if no_ack:
+            self._stop_coalescing()
+
         ok = await self._rpc(
             spec.Basic.Consume(
                 queue=queue, consumer_tag=consumer_tag, no_ack=no_ack, exclusive=exclusive
@@ -1215,36 +1232,113 @@ class Channel:
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         """Acknowledge; buffered and written with everything else of this loop iteration.
 
-        On a closed channel this does nothing: the broker has already requeued the message.
+        Acks of consecutive delivery tags written in one iteration become one ``multiple=True``
+        ack when that acks exactly the same messages. On a closed channel this does nothing:
+        the broker has already requeued the message.
         """
         if not self.is_open:
             return
-        conn = self._conn
-        conn._out.append(
-            _ACK_FRAME.pack(1, self.number, 13, 60, 80, delivery_tag, multiple, _FRAME_END)
-        )
-        if not conn._flush_scheduled:
-            conn._flush_scheduled = True
-            conn._loop.call_soon(conn._flush)
+        if self._coalesce_acks and not multiple:
+            batch = self._ack_batch
+            if not batch:
+                conn = self._conn
+                conn._ack_channels.append(self)
+                if not conn._flush_scheduled:
+                    conn._flush_scheduled = True
+                    conn._loop.call_soon(conn._flush)
+            batch.append(delivery_tag)
+            return
+        self._write_settle(80, delivery_tag, 1 if multiple else 0, multiple)
 
     def nack(self, delivery_tag: int, *, requeue: bool = True, multiple: bool = False) -> None:
         """Negative acknowledge (RabbitMQ extension); no-op on a closed channel."""
         if not self.is_open:
             return
         bits = (1 if multiple else 0) | (2 if requeue else 0)
-        self._conn._out.append(
-            _ACK_FRAME.pack(1, self.number, 13, 60, 120, delivery_tag, bits, _FRAME_END)
-        )
-        self._conn._schedule_flush()
+        self._write_settle(120, delivery_tag, bits, multiple)
 
     def reject(self, delivery_tag: int, *, requeue: bool) -> None:
         """Reject one delivery; no-op on a closed channel."""
         if not self.is_open:
             return
-        self._conn._out.append(
-            _ACK_FRAME.pack(1, self.number, 13, 60, 90, delivery_tag, 1 if requeue else 0, 0xCE)
-        )
-        self._conn._schedule_flush()
+        self._write_settle(90, delivery_tag, 1 if requeue else 0, False)
+
+    def _write_settle(self, method_id: int, tag: int, bits: int, multiple: bool) -> None:
+        """Write a basic.ack/nack/reject now (after the acks batched before it)."""
+        if self._ack_batch:
+            self._emit_acks()
+        if self._coalesce_acks:
+            self._settle_tag(tag, multiple)
+        conn = self._conn
+        conn._out.append(_ACK_FRAME.pack(1, self.number, 13, 60, method_id, tag, bits, _FRAME_END))
+        conn._schedule_flush()
+
+    def _settle_tag(self, tag: int, multiple: bool) -> None:
+        """Record that ``tag`` (or every tag up to it) is settled, advancing the floor."""
+        above = self._settled_above
+        if multiple:
+            if tag > self._ack_floor:
+                self._ack_floor = tag
+                if above:
+                    self._settled_above = {t for t in above if t > tag}
+        elif tag > self._ack_floor:
+            above.add(tag)
+        floor = self._ack_floor
+        while above and floor + 1 in above:
+            floor += 1
+            above.remove(floor)
+        self._ack_floor = floor
+        if len(above) > 65536:  # a tag that is never settled: stop tracking
+            self._stop_coalescing()
+
+    def _stop_coalescing(self) -> None:
+        if self._ack_batch:
+            self._emit_acks()
+        self._coalesce_acks = False
+        self._settled_above = set()
+
+    def _emit_acks(self) -> None:
+        """Turn the batched plain acks into frames: runs right above the floor become one."""
+        tags = self._ack_batch
+        if not tags:
+            return
+        self._ack_batch = []
+        if not self.is_open:
+            return
+        pack = _ACK_FRAME.pack
+        number = self.number
+        out = self._conn._out
+        above = self._settled_above
+        floor = self._ack_floor
+        run = 0  # batched tags in the pending run, which ends at floor
+        first = 0
+        for tag in tags:
+            if tag == floor + 1:
+                if not run:
+                    first = tag
+                run += 1
+                floor = tag
+                while above and floor + 1 in above:  # acked one by one before: harmless
+                    floor += 1
+                    above.remove(floor)
+                continue
+            if run:
+                if run == 1:
+                    out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
+                else:
+                    out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
+                run = 0
+            out.append(pack(1, number, 13, 60, 80, tag, 0, _FRAME_END))
+            if tag > floor:
+                above.add(tag)
+        if run:
+            if run == 1:
+                out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
+            else:
+                out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
+        self._ack_floor = floor
+        if len(above) > 65536:
+            self._stop_coalescing()
 
     # ------------------------------------------------------------------ publishing
 
@@ -1541,6 +1635,7 @@ class Channel:
         if self._closing or self._conn._state != _ST_OPEN:
             await asyncio.shield(self.closed)
             return
+        self._emit_acks()  # acks batched in this iteration go out before the close
         self._closing = True
         self._consumers.clear()
         err = NotConnected(f"channel {self.number} was closed by the client")

@@ -308,8 +308,8 @@ class Client:
                     raise early from None
                 if isinstance(exc, TimeoutError):
                     raise NotConnected(
-                        f"the kazoo-amqp daemon on {self._path} did not take the {op} within "
-                        f"{self._timeout:g} s; it was not carried out"
+                        f"the kazoo-amqp daemon on {self._path} is not reading requests (the "
+                        f"{op} could not be sent in time); it was not carried out"
                     ) from None
                 sock = self._connected()  # the daemon restarted: one fresh connection
                 try:
@@ -330,6 +330,9 @@ class Client:
         assert sock is not None
         frames = self._frames
         deadline = time.monotonic() + wait
+        if sock.gettimeout() != wait:
+            sock.settimeout(wait)  # a syscall: only when the wait changes (mostly it does not)
+        first = True
         while True:
             while frames:
                 try:
@@ -348,7 +351,10 @@ class Client:
                 self._drop()
                 raise _no_answer(self._path, op, wait)
             try:
-                sock.settimeout(remaining)
+                if first:
+                    first = False
+                else:
+                    sock.settimeout(remaining)
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
                 self._drop()

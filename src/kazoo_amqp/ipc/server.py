@@ -330,7 +330,7 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder(server._max_frame)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._peer = "an unknown peer"
+        self._peer_name: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog: deque[Request] = deque()
         self._out: list[bytes] = []
@@ -342,12 +342,19 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         self._closed = False
 
+    @property
+    def _peer(self) -> str:
+        """Who is on the other end, for log lines (looked up on first use only)."""
+        if self._peer_name is None:
+            transport = self._transport
+            self._peer_name = "an unknown peer" if transport is None else _describe_peer(transport)
+        return self._peer_name
+
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._peer = _describe_peer(transport)
         self._server._connections.add(self)
         self._stats.connections += 1
         self._stats.open_connections += 1
@@ -358,10 +365,10 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         self._server._connections.discard(self)
         self._stats.open_connections -= 1
-        self._backlog.clear()
         self._out.clear()
         self._transport = None
-        # Running tasks are left to finish: the request was received, so it is carried out.
+        # Running tasks are left to finish, and the backlog keeps draining into new ones: every
+        # request received is carried out, only the replies are dropped.
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -138,6 +138,23 @@ def free_udp_ports(n: int = 1) -> list[int]:
             s.close()
 
 
+def free_media_port(attempts: int = 50) -> int:
+    """A UDP port ``p`` on 127.0.0.1 with ``p`` and ``p + 2`` free (SIPp's ``-mp``)."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind((LOCALHOST, 0))
+            port = a.getsockname()[1]
+            if port + 2 > 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind((LOCALHOST, port + 2))
+                except OSError:
+                    continue
+                return int(port)
+    raise HarnessError("no free UDP port pair for SIPp media")
+
+
 def _stop_process(proc: subprocess.Popen[bytes], grace: float, sig: int = signal.SIGTERM) -> None:
     """Stop ``proc`` by its PID: ``sig``, wait ``grace`` s, then SIGKILL.
 
@@ -327,10 +344,8 @@ class KamailioPresence:
                 last_error = str(e)
                 _stop_process(self.proc, grace=5)
                 self.proc = None
-                if "bind" not in last_error.lower() and "address already in use" not in (
-                    last_error.lower()
-                ):
-                    break
+                if "address already in use" not in last_error.lower():
+                    break  # a real error: do not retry
         raise HarnessError(last_error)
 
     def stop(self) -> None:
@@ -786,7 +801,8 @@ class Watcher:
         self._render_scenario()
         # SIP port, plus the media (-mp, uses mp and mp+2) and control (-cp)
         # ports SIPp always opens: explicit free ports let watchers run in parallel.
-        self.port, media, ctrl = free_udp_ports(3)
+        self.port, ctrl = free_udp_ports(2)
+        media = free_media_port()
         args = [
             sipp, f"{LOCALHOST}:{self.harness.sip_port}",
             "-sf", str(self.scenario_path),

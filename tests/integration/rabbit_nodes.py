@@ -1,0 +1,102 @@
+"""Extra RabbitMQ nodes for failover tests: own name, port, data dir; started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RabbitNode:
+    """One throw-away RabbitMQ node listening on 127.0.0.1:<port>."""
+
+    def __init__(self, base: Path, name: str, port: int | None = None) -> None:
+        self.dir = base / name
+        self.name = name
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}"
+
+    @staticmethod
+    def available() -> bool:
+        return os.path.exists(SERVER) and shutil.which("erl") is not None
+
+    def start(self, timeout: float = 60.0) -> RabbitNode:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "rabbitmq.conf"
+        conf.write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "loopback_users = none\n"
+        )
+        (self.dir / "env.conf").write_text("")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        env = dict(os.environ)
+        env.update({
+            "RABBITMQ_NODENAME": f"{self.name}@localhost",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "pid"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "HOME": env.get("HOME", "/root"),
+        })
+        self._log = open(self.dir / "console.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([SERVER], env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"RabbitMQ node {self.name} exited:\n{self.console()}")
+            if port_open(self.port):
+                time.sleep(0.3)
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"RabbitMQ node {self.name} did not listen in {timeout}s")
+
+    def console(self) -> str:
+        p = self.dir / "console.log"
+        return p.read_text(errors="replace")[-3000:] if p.exists() else ""
+
+    def stop(self, *, hard: bool = False, timeout: float = 30.0) -> None:
+        """Stop the node by PID: SIGKILL with ``hard``, else SIGTERM (graceful)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
