@@ -243,13 +243,13 @@ def main() -> None:
         f"\n{args.count} messages x {args.size} bytes, window {args.window}, "
         f"prefetch {args.prefetch}, {args.rounds} round(s), {time.perf_counter() - t0:.0f} s"
     )
-    print(f"{'phase':<28} {'median msg/s':>13} {'runs':>30}")
+    print(f"{'phase':<34} {'median':>9}  runs")
     for name, values in results.items():
         runs = " ".join(f"{v:,.0f}" for v in values)
-        print(f"{name:<28} {statistics.median(values):>13,.0f} {runs:>30}")
+        print(f"{name + ' (msg/s)':<34} {statistics.median(values):>9,.0f}  {runs}")
     for name, values in latency.items():
         runs = " ".join(f"{v:.2f}" for v in values)
-        print(f"{name + ' (ms)':<28} {statistics.median(values):>13.2f} {runs:>30}")
+        print(f"{name + ' (ms)':<34} {statistics.median(values):>9.2f}  {runs}")
     if not args.no_pika:
         ours = statistics.median(results["ours: consume no_ack"])
         theirs = statistics.median(results["pika: consume no_ack"])

@@ -16,7 +16,13 @@ from pamqp import commands as spec
 from pamqp import frame as pframe
 
 from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery, Returned
-from kazoo_amqp.errors import BadRoutingKey, BrokerRefused, NotConnected, PublishFailed
+from kazoo_amqp.errors import (
+    BadRoutingKey,
+    BrokerRefused,
+    NotConnected,
+    PublishFailed,
+    UsageError,
+)
 
 Params = dict[str, Any]
 
@@ -493,11 +499,14 @@ async def test_failed_rpc_raises_broker_refused_and_fails_pending_confirms(
 
 
 @pytest.mark.broker
-async def test_too_long_routing_key_is_a_usage_error(conn: Connection) -> None:
+async def test_bad_arguments_are_usage_errors(conn: Connection) -> None:
     ch = await conn.channel()
     with pytest.raises(BadRoutingKey):
         ch.publish("", "k" * 256, b"{}")
+    with pytest.raises(UsageError, match=r"exchange\.declare"):
+        await ch.exchange_declare("bad*name")
     assert ch.is_open
+    await ch.queue_declare("", exclusive=True)
 
 
 @pytest.mark.broker

@@ -534,10 +534,10 @@ class Connection:
         chan = Channel(self, number, on_return)
         self._channels[number] = chan
         try:
-            await chan._rpc(spec.Channel.Open(), spec.Channel.OpenOk)
+            await chan._rpc(spec.Channel.Open, spec.Channel.OpenOk)
             chan.is_open = True
             if confirms:
-                await chan._rpc(spec.Confirm.Select(), spec.Confirm.SelectOk)
+                await chan._rpc(spec.Confirm.Select, spec.Confirm.SelectOk)
                 chan._confirm = True
         except BaseException:
             if self._state == _ST_OPEN and not chan._closing:
@@ -1034,14 +1034,15 @@ class Channel:
 
     async def _rpc(
         self,
-        method: Method,
-        expect: type[_M] | tuple[type[Method], ...],
+        make: Callable[[], Method],
+        expect: type[_M],
         on_reply: Callable[[Any], None] | None = None,
     ) -> _M:
-        """Send a synchronous method and wait for its reply.
+        """Send a synchronous method (built by ``make``) and wait for its reply.
 
         One RPC at a time per channel: callers queue on the previous reply. If a caller is
-        cancelled, its reply is still matched (and dropped) in order.
+        cancelled, its reply is still matched (and dropped) in order. pamqp's argument checks
+        (name syntax, lengths) become ``UsageError``.
         """
         while self._rpcs:
             last = self._rpcs[-1].future
@@ -1052,9 +1053,10 @@ class Channel:
         if self._closing:
             self._check_open()
         try:
-            raw = pframe.marshal(method, self.number)
+            raw = pframe.marshal(make(), self.number)
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"{method.name}: {exc}") from None
+            what = expect.name.removesuffix("Ok").lower()
+            raise UsageError(f"{what}: {exc}") from None
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._rpcs.append(_Rpc(fut, expect, on_reply))
         conn = self._conn
@@ -1076,7 +1078,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._rpc(
-            spec.Exchange.Declare(
+            lambda: spec.Exchange.Declare(
                 exchange=exchange,
                 exchange_type=type,
                 passive=passive,
@@ -1096,7 +1098,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._rpc(
-            spec.Exchange.Bind(
+            lambda: spec.Exchange.Bind(
                 destination=destination,
                 source=source,
                 routing_key=routing_key,
@@ -1113,7 +1115,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._rpc(
-            spec.Exchange.Unbind(
+            lambda: spec.Exchange.Unbind(
                 destination=destination,
                 source=source,
                 routing_key=routing_key,
@@ -1123,7 +1125,7 @@ class Channel:
         )
 
     async def exchange_delete(self, exchange: str) -> None:
-        await self._rpc(spec.Exchange.Delete(exchange=exchange), spec.Exchange.DeleteOk)
+        await self._rpc(lambda: spec.Exchange.Delete(exchange=exchange), spec.Exchange.DeleteOk)
 
     async def queue_declare(
         self,
@@ -1137,7 +1139,7 @@ class Channel:
     ) -> tuple[str, int, int]:
         """Declare a queue; returns (name, message_count, consumer_count)."""
         ok = await self._rpc(
-            spec.Queue.Declare(
+            lambda: spec.Queue.Declare(
                 queue=queue,
                 passive=passive,
                 durable=durable,
@@ -1157,7 +1159,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._rpc(
-            spec.Queue.Bind(
+            lambda: spec.Queue.Bind(
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -1174,7 +1176,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._rpc(
-            spec.Queue.Unbind(
+            lambda: spec.Queue.Unbind(
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -1184,18 +1186,18 @@ class Channel:
         )
 
     async def queue_delete(self, queue: str) -> None:
-        await self._rpc(spec.Queue.Delete(queue=queue), spec.Queue.DeleteOk)
+        await self._rpc(lambda: spec.Queue.Delete(queue=queue), spec.Queue.DeleteOk)
 
     async def queue_purge(self, queue: str) -> int:
         """Remove every ready message; returns how many were removed."""
-        ok = await self._rpc(spec.Queue.Purge(queue=queue), spec.Queue.PurgeOk)
+        ok = await self._rpc(lambda: spec.Queue.Purge(queue=queue), spec.Queue.PurgeOk)
         return int(ok.message_count or 0)
 
     # ------------------------------------------------------------------ consuming
 
     async def basic_qos(self, prefetch_count: int) -> None:
         """Limit unacked deliveries per consumer started after this call (RabbitMQ semantics)."""
-        await self._rpc(spec.Basic.Qos(prefetch_count=prefetch_count), spec.Basic.QosOk)
+        await self._rpc(lambda: spec.Basic.Qos(prefetch_count=prefetch_count), spec.Basic.QosOk)
 
     async def basic_consume(
         self,
@@ -1216,7 +1218,7 @@ class Channel:
             self._stop_coalescing()
 
         ok = await self._rpc(
-            spec.Basic.Consume(
+            lambda: spec.Basic.Consume(
                 queue=queue, consumer_tag=consumer_tag, no_ack=no_ack, exclusive=exclusive
             ),
             spec.Basic.ConsumeOk,
@@ -1226,7 +1228,7 @@ class Channel:
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         """Stop a consumer. Deliveries already on the wire for it are dropped."""
-        await self._rpc(spec.Basic.Cancel(consumer_tag=consumer_tag), spec.Basic.CancelOk)
+        await self._rpc(lambda: spec.Basic.Cancel(consumer_tag=consumer_tag), spec.Basic.CancelOk)
         self._consumers.pop(consumer_tag.encode("utf-8"), None)
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
