@@ -254,6 +254,57 @@ async def test_headers_and_ids_round_trip(
 
 
 @pytest.mark.broker
+async def test_all_properties_from_another_client_are_skipped_correctly(
+    rabbitmq: Params, conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    pika = pytest.importorskip("pika")
+    ch = await conn.channel()
+    queue = await temp_queue(ch, cleanup)
+    got = Collector()
+    await ch.basic_consume(queue, got, no_ack=True)
+
+    def publish_with_pika() -> None:
+        params = pika.ConnectionParameters(
+            host=rabbitmq["host"],
+            port=rabbitmq["port"],
+            credentials=pika.PlainCredentials(rabbitmq["user"], rabbitmq["password"]),
+        )
+        with pika.BlockingConnection(params) as pc:
+            props = pika.BasicProperties(
+                content_type="text/plain",
+                content_encoding="utf-8",
+                headers={"h": "v", "n": 1},
+                delivery_mode=2,
+                priority=5,
+                correlation_id="corr",
+                reply_to="reply",
+                expiration="60000",
+                message_id="mid",
+                timestamp=1700000000,
+                type="kind",
+                user_id="guest",
+                app_id="app",
+            )
+            pc.channel().basic_publish("", queue, b"full", props)
+            pc.channel().basic_publish("", queue, b"bare")
+
+    await asyncio.to_thread(publish_with_pika)
+    full, bare = await got.wait_for(2)
+    assert (full.body, full.headers, full.message_id, full.correlation_id) == (
+        b"full",
+        {"h": "v", "n": 1},
+        "mid",
+        "corr",
+    )
+    assert (bare.body, bare.headers, bare.message_id, bare.correlation_id) == (
+        b"bare",
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize("frame_max", [131072, 4096])
 async def test_large_bodies_round_trip_intact(
     rabbitmq: Params, cleanup: Callable[[str, str], None], frame_max: int
@@ -580,27 +631,40 @@ async def test_broker_force_close_fails_every_pending_confirm(
     ch = await c.channel(confirms=True)
     queue = await temp_queue(ch, cleanup)
     pid = connection_pid(name)
-    futures: list[asyncio.Future[None]] = []
+    outcomes: dict[str, int] = {"published": 0, "acked": 0, "NotConnected": 0, "other": 0}
+
+    def count(fut: asyncio.Future[None]) -> None:
+        exc = fut.exception()
+        key = "acked" if exc is None else type(exc).__name__
+        outcomes[key if key in outcomes else "other"] += 1
 
     async def flood() -> None:
-        # publish faster than the broker confirms, so confirms are pending at the close
-        while not c.closed.done() and len(futures) < 400_000:
-            futures.extend(ch.publish("", queue, b"{}") for _ in range(2000))  # type: ignore[misc]
-            await asyncio.sleep(0)
+        # keep up to 50k confirms outstanding until the close (bounded by time)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not c.closed.done() and asyncio.get_running_loop().time() < deadline:
+            if len(ch._pending) < 50_000:
+                for _ in range(2000):
+                    fut = ch.publish("", queue, b"{}")
+                    assert fut is not None
+                    fut.add_done_callback(count)
+                    outcomes["published"] += 1
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.01)
 
     flooding = asyncio.create_task(flood())
     await asyncio.sleep(0.2)
     await asyncio.to_thread(rabbitmqctl, "close_connection", pid, "test says goodbye")
     reason = await asyncio.wait_for(asyncio.shield(c.closed), 15)
     await flooding
+    await asyncio.sleep(0)  # let the done callbacks run
     assert isinstance(reason, NotConnected)
     assert "CONNECTION_FORCED" in str(reason) and "test says goodbye" in str(reason)
     assert not c.is_open
     assert isinstance(await ch.closed, NotConnected)
-    assert all(f.done() for f in futures)
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    assert failed, "expected confirms pending at the time of the close"
-    assert all(isinstance(e, NotConnected) for e in failed)
+    assert outcomes["other"] == 0
+    assert outcomes["acked"] + outcomes["NotConnected"] == outcomes["published"]
+    assert outcomes["NotConnected"] > 0, "expected confirms pending at the time of the close"
     with pytest.raises(NotConnected):
         await c.channel()
 

@@ -56,6 +56,11 @@ class WorkerServices:
         self._aclient: Any = None
         self._presence: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Presence writes made while a batch of deliveries runs are committed together at the
+        # end of the batch (one short transaction, in order), before those deliveries are acked.
+        self.batching = False
+        self.current_seq = 0
+        self._pending: list[tuple[int, Any]] = []
 
     def _sync(self) -> Any:
         if self._client is None:
@@ -117,13 +122,43 @@ class WorkerServices:
             "start-up (and re-declared on every reconnect); move the call there"
         )
 
-    def pua_publish(self, payload: Payload, package: str | None) -> dict[str, Any]:
+    def _presence_service(self) -> Any:
         if self._presence is None:
             from kazoo_amqp.presence.service import PresenceService
 
             self._presence = PresenceService.from_settings(self.settings)
-        result: dict[str, Any] = self._presence.publish(payload, package)
-        return result
+        return self._presence
+
+    def pua_publish(self, payload: Payload, package: str | None) -> dict[str, Any]:
+        service = self._presence_service()
+        if not self.batching:
+            result: dict[str, Any] = service.publish(payload, package)
+            return result
+        update = service.build(payload, package)
+        if update is None:
+            return service.publish(payload, package)  # type: ignore[no-any-return]
+        self._pending.append((self.current_seq, update))
+        return {"written": True, "package": update.event, "presentity": update.presentity_uri,
+                "etag": update.etag, "expires": update.expires, "committed": "end of batch"}
+
+    def flush(self) -> set[int]:
+        """Commit the batch's presence writes; return the seqs whose write failed."""
+        if not self._pending:
+            return set()
+        pending, self._pending = self._pending, []
+        try:
+            self._presence.write([u for _, u in pending])
+        except KazooError as exc:
+            log.error("presence batch of %d updates failed, their deliveries are rejected: %s",
+                      len(pending), exc)
+            return {seq for seq, _ in pending}
+        refreshed: set[tuple[str, str]] = set()
+        for _, update in pending:
+            key = (update.presentity_uri, update.event)
+            if key not in refreshed and self._presence.rpc is not None:
+                refreshed.add(key)
+                self._presence.refresh(update)
+        return set()
 
     def close(self) -> None:
         for obj in (self._client, self._presence):
@@ -160,6 +195,7 @@ class Worker:
 
     # -- one message ------------------------------------------------------------------
     def handle_delivery(self, d: pipe.DeliveryFrame, now: int) -> int:
+        self.services.current_seq = d.seq
         try:
             doc = jsonc.loads_object(d.body)
         except BadPayload as exc:
@@ -241,8 +277,16 @@ class Worker:
         return self._loop
 
     # -- the pipe loop ----------------------------------------------------------------
+    def _send(self, sock: socket.socket, outcomes: list[tuple[int, int]]) -> None:
+        failed = self.services.flush()
+        if failed:
+            error = int(pipe.Outcome.HANDLER_ERROR)
+            outcomes = [(seq, error if seq in failed else code) for seq, code in outcomes]
+        sock.sendall(pipe.encode_outcomes(outcomes))
+
     def serve(self, sock: socket.socket) -> None:
         decoder = FrameDecoder()
+        self.services.batching = True
         while True:
             try:
                 data = sock.recv(1 << 18)
@@ -266,16 +310,16 @@ class Worker:
                     continue
                 else:
                     if outcomes:
-                        sock.sendall(pipe.encode_outcomes(outcomes))
+                        self._send(sock, outcomes)
                     return
                 mono = time.monotonic()
                 if mono - last_flush > _FLUSH_EVERY:
-                    sock.sendall(pipe.encode_outcomes(outcomes))
+                    self._send(sock, outcomes)
                     outcomes = []
                     last_flush = mono
                     now = int(time.time())
             if outcomes:
-                sock.sendall(pipe.encode_outcomes(outcomes))
+                self._send(sock, outcomes)
 
 
 def main(argv: list[str] | None = None) -> int:
