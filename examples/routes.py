@@ -26,7 +26,7 @@ def init(kz):
     kz.subscribe({
         "exchange": "presence", "type": "topic", "queue": f"presence-dialog-{NODE}",
         "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
-        "durable": False, "auto_delete": True, "federate": True,
+        "federate": True,
         "no_ack": 0, "wait_for_consumer_ack": 1,
         "consistent-worker": 1, "consistent-worker-key": "Call-ID",
     })
