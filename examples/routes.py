@@ -23,21 +23,35 @@ NODE = "sbc1.example.net"
 
 @router.route("kazoo:mod-init")
 def init(kz):
-    kz.subscribe({
-        "exchange": "presence", "type": "topic", "queue": f"presence-dialog-{NODE}",
-        "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
-        "federate": True,
-        "no_ack": 0, "wait_for_consumer_ack": 1,
-        "consistent-worker": 1, "consistent-worker-key": "Call-ID",
-    })
-    kz.subscribe({
-        "exchange": "presence", "type": "topic", "queue": f"presence-api-{NODE}",
-        "routing": ["presence.reset.*.*", "presence.search_req.*"],
-    })
-    kz.subscribe({
-        "exchange": "registrar", "type": "topic", "queue": f"registrar-flush-{NODE}",
-        "routing": ["registration.flush.*"],
-    })
+    kz.subscribe(
+        {
+            "exchange": "presence",
+            "type": "topic",
+            "queue": f"presence-dialog-{NODE}",
+            "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
+            "federate": True,
+            "no_ack": 0,
+            "wait_for_consumer_ack": 1,
+            "consistent-worker": 1,
+            "consistent-worker-key": "Call-ID",
+        }
+    )
+    kz.subscribe(
+        {
+            "exchange": "presence",
+            "type": "topic",
+            "queue": f"presence-api-{NODE}",
+            "routing": ["presence.reset.*.*", "presence.search_req.*"],
+        }
+    )
+    kz.subscribe(
+        {
+            "exchange": "registrar",
+            "type": "topic",
+            "queue": f"registrar-flush-{NODE}",
+            "routing": ["registration.flush.*"],
+        }
+    )
     kz.subscribe("nodes", "fanout", f"nodes-{NODE}", "")
 
 
@@ -65,10 +79,18 @@ def presence_reset(kz):
         log.warning("presence reset without Username/Realm: %s", kz.body)
         return
     uri = f"sip:{user}@{realm}"
-    kz.pua_publish_dialoginfo({
-        "From": uri, "From-User": user, "From-Realm": realm, "To": uri, "To-User": user,
-        "State": "terminated", "Call-ID": f"reset-{user}@{realm}", "Flush-Level": 1,
-    })
+    kz.pua_publish_dialoginfo(
+        {
+            "From": uri,
+            "From-User": user,
+            "From-Realm": realm,
+            "To": uri,
+            "To-User": user,
+            "State": "terminated",
+            "Call-ID": f"reset-{user}@{realm}",
+            "Flush-Level": 1,
+        }
+    )
 
 
 @router.route("kazoo:consumer-event-directory-reg-flush")

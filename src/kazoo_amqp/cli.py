@@ -84,8 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     _setup_logging(settings.log_level)
-    config_path = os.path.abspath(args.config or os.environ.get("KAZOO_AMQP_CONFIG")
-                                  or DEFAULT_CONFIG)
+    config_path = os.path.abspath(
+        args.config or os.environ.get("KAZOO_AMQP_CONFIG") or DEFAULT_CONFIG
+    )
     daemon = Daemon(settings, config_path)
     return asyncio.run(daemon.run())
 
@@ -107,8 +108,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client_call(args: argparse.Namespace, call: Callable[[Any], Any],
-                 direct: Callable[[Any], Any] | None) -> Any:
+def _client_call(
+    args: argparse.Namespace, call: Callable[[Any], Any], direct: Callable[[Any], Any] | None
+) -> Any:
     from kazoo_amqp.ipc.client import Client
 
     path, settings = _socket_path(args)
@@ -117,7 +119,7 @@ def _client_call(args: argparse.Namespace, call: Callable[[Any], Any],
         try:
             return call(client)
         except NotConnected as exc:
-            if direct is None or "not listening" not in str(exc) and "daemon" not in str(exc):
+            if direct is None or ("not listening" not in str(exc) and "daemon" not in str(exc)):
                 raise
         finally:
             client.close()
@@ -146,8 +148,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     result = _client_call(
         args,
         lambda c: c.publish(args.exchange, args.routing_key, args.payload, headers=args.headers),
-        lambda s: asyncio.run(_direct_manager(
-            s, lambda m: m.publish(args.exchange, args.routing_key, args.payload, args.headers))),
+        lambda s: asyncio.run(
+            _direct_manager(
+                s, lambda m: m.publish(args.exchange, args.routing_key, args.payload, args.headers)
+            )
+        ),
     )
     print(json.dumps(result))
     return EXIT_OK
@@ -157,14 +162,25 @@ def cmd_query(args: argparse.Namespace) -> int:
     from kazoo_amqp.core import jsonc
 
     def direct(s: Any) -> Any:
-        text = asyncio.run(_direct_manager(s, lambda m: m.query(
-            args.exchange, args.routing_key, args.payload, args.headers, args.timeout_ms)))
+        text = asyncio.run(
+            _direct_manager(
+                s,
+                lambda m: m.query(
+                    args.exchange, args.routing_key, args.payload, args.headers, args.timeout_ms
+                ),
+            )
+        )
         return jsonc.loads(text)
 
     reply = _client_call(
         args,
-        lambda c: c.query(args.exchange, args.routing_key, args.payload,
-                          timeout_ms=args.timeout_ms, headers=args.headers),
+        lambda c: c.query(
+            args.exchange,
+            args.routing_key,
+            args.payload,
+            timeout_ms=args.timeout_ms,
+            headers=args.headers,
+        ),
         direct,
     )
     print(jsonc.dumps(reply))
@@ -230,16 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kazoo-amqp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--config", help="TOML config (default: $KAZOO_AMQP_CONFIG or ./kazoo-amqp.toml)")
+        p.add_argument(
+            "--config", help="TOML config (default: $KAZOO_AMQP_CONFIG or ./kazoo-amqp.toml)"
+        )
         p.set_defaults(func=func)
         return p
 
     add("run", cmd_run, "run the daemon")
     add("check-config", cmd_check_config, "validate the config and routes without connecting")
-    for name, func, help_ in (("publish", cmd_publish, "publish a JSON message"),
-                              ("query", cmd_query, "publish and wait for the correlated reply")):
+    for name, func, help_ in (
+        ("publish", cmd_publish, "publish a JSON message"),
+        ("query", cmd_query, "publish and wait for the correlated reply"),
+    ):
         p = add(name, func, help_)
         p.add_argument("exchange")
         p.add_argument("routing_key")

@@ -36,7 +36,7 @@ from kazoo_amqp.core.route_names import MOD_INIT
 from kazoo_amqp.core.subscription import Subscription
 from kazoo_amqp.errors import UsageError
 from kazoo_amqp.ipc.server import IpcServer
-from kazoo_amqp.workers.context import Kz, Payload
+from kazoo_amqp.workers.context import Kz
 from kazoo_amqp.workers.pool import WorkerPool, default_env
 from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
 
@@ -79,7 +79,8 @@ def run_mod_init(settings: Settings) -> list[Subscription]:
     module = load_routes_module(settings.routes)
     router: Router = find_router(module)
     handler = (
-        find_callback(module, settings.event_callback) if settings.event_callback
+        find_callback(module, settings.event_callback)
+        if settings.event_callback
         else router.get(MOD_INIT)
     )
     services = ModInitServices(settings)
@@ -103,12 +104,19 @@ class DaemonBackend:
         self._presence: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
 
-    async def publish(self, exchange: str, routing_key: str, payload: str,
-                      headers: str | None) -> dict[str, Any]:
+    async def publish(
+        self, exchange: str, routing_key: str, payload: str, headers: str | None
+    ) -> dict[str, Any]:
         return await self.daemon.manager.publish(exchange, routing_key, payload, headers)
 
-    async def query(self, exchange: str, routing_key: str, payload: str, headers: str | None,
-                    timeout_ms: int | None) -> str:
+    async def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str,
+        headers: str | None,
+        timeout_ms: int | None,
+    ) -> str:
         return await self.daemon.manager.query(exchange, routing_key, payload, headers, timeout_ms)
 
     async def pua_publish(self, payload: str, package: str | None) -> dict[str, Any]:
@@ -140,7 +148,9 @@ class DaemonBackend:
 class Daemon:
     """Builds and runs everything for one config file."""
 
-    def __init__(self, settings: Settings, config_path: str, *, shutdown_grace: float = 10.0) -> None:
+    def __init__(
+        self, settings: Settings, config_path: str, *, shutdown_grace: float = 10.0
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
@@ -155,27 +165,36 @@ class Daemon:
             env=default_env(),
         )
         self.manager = Manager(
-            settings, subscriptions=self.subscriptions, dispatcher=self.pool,
+            settings,
+            subscriptions=self.subscriptions,
+            dispatcher=self.pool,
             on_event=self._on_connection_event,
         )
         self.backend = DaemonBackend(self)
-        self.ipc = IpcServer(settings.socket, self.backend,
-                             max_frame=settings.max_message_bytes + 65536)
+        self.ipc = IpcServer(
+            settings.socket, self.backend, max_frame=settings.max_message_bytes + 65536
+        )
         self._stop = asyncio.Event()
 
     def _on_done(self, token: Any, outcome: int) -> None:
         self.manager.on_done(token, outcome)
 
     def _on_pressure(self, paused: bool) -> None:
-        log.info("workers %s; %s reading from the brokers",
-                 "are behind" if paused else "caught up", "pausing" if paused else "resuming")
+        log.info(
+            "workers %s; %s reading from the brokers",
+            "are behind" if paused else "caught up",
+            "pausing" if paused else "resuming",
+        )
         self.manager.pause_consumers(paused)
 
     def _on_connection_event(self, state: str, spec: BrokerSpec) -> None:
         s = self.settings
         body = connection_event_body(
-            key=s.amqp_consumer_event_key, subkey=s.amqp_consumer_event_subkey, state=state,
-            host=spec.host, zone=spec.zone,
+            key=s.amqp_consumer_event_key,
+            subkey=s.amqp_consumer_event_subkey,
+            state=state,
+            host=spec.host,
+            zone=spec.zone,
         )
         seq = self.pool.next_seq()
         frame = encode_event(seq, jsonc.dumps(body).encode())
@@ -192,17 +211,23 @@ class Daemon:
         await self.ipc.start()
         await self.pool.start(bindings, zones)
         await self.manager.start()
-        log.info("kazoo-amqp %s running: node %s, %d workers, socket %s, brokers: %s",
-                 __version__, self.manager.node, self.settings.workers, self.settings.socket,
-                 ", ".join(b.redacted for b in self.settings.brokers))
+        log.info(
+            "kazoo-amqp %s running: node %s, %d workers, socket %s, brokers: %s",
+            __version__,
+            self.manager.node,
+            self.settings.workers,
+            self.settings.socket,
+            ", ".join(b.redacted for b in self.settings.brokers),
+        )
 
     async def stop(self) -> None:
         log.info("stopping: cancelling consumers")
         await self.manager.stop_consuming()
         leftovers = await self.pool.stop(self.shutdown_grace)
         if leftovers:
-            log.warning("%d deliveries were not finished; unacked ones return to the broker",
-                        len(leftovers))
+            log.warning(
+                "%d deliveries were not finished; unacked ones return to the broker", len(leftovers)
+            )
         await self.ipc.stop(grace=2.0)
         await self.manager.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close)

@@ -25,7 +25,7 @@ import pika
 REPO = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get("KAZOO_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
-ROUTES_PRELUDE = '''
+ROUTES_PRELUDE = """
 import json, os
 from kazoo_amqp import Router
 router = Router()
@@ -36,7 +36,7 @@ def record(kz, **extra):
             "pid": os.getpid(), **extra}
     with open(EVENTS, "a") as f:
         f.write(json.dumps(line) + "\\n")
-'''
+"""
 
 
 def unique(prefix: str) -> str:
@@ -46,8 +46,15 @@ def unique(prefix: str) -> str:
 class DaemonProcess:
     """One daemon under test."""
 
-    def __init__(self, tmp: Path, routes: str, *, config: dict[str, Any] | None = None,
-                 workers: int = 2, node: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        routes: str,
+        *,
+        config: dict[str, Any] | None = None,
+        workers: int = 2,
+        node: str | None = None,
+    ) -> None:
         self.dir = tmp
         self.node = node or unique("test") + ".example.net"
         self.routes_path = tmp / "routes.py"
@@ -75,7 +82,10 @@ class DaemonProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kazoo_amqp", "run", "--config", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.dir,
         )
         deadline = time.monotonic() + timeout
         from kazoo_amqp import Client
@@ -111,8 +121,9 @@ class DaemonProcess:
             return []
         return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
 
-    def wait_events(self, count: int, timeout: float = 10.0,
-                    route: str | None = None) -> list[dict[str, Any]]:
+    def wait_events(
+        self, count: int, timeout: float = 10.0, route: str | None = None
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             evs = [e for e in self.events() if route is None or e["route"] == route]
@@ -157,7 +168,9 @@ def pika_connection(url: str = AMQP_URL) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(url))
 
 
-def drain(channel: Any, queue: str, count: int, timeout: float = 10.0) -> list[tuple[Any, Any, bytes]]:
+def drain(
+    channel: Any, queue: str, count: int, timeout: float = 10.0
+) -> list[tuple[Any, Any, bytes]]:
     """Get up to ``count`` messages from ``queue`` (basic_get loop), waiting up to ``timeout``."""
     out: list[tuple[Any, Any, bytes]] = []
     deadline = time.monotonic() + timeout

@@ -46,30 +46,32 @@ class RabbitNode:
     def start(self, timeout: float = 60.0) -> RabbitNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "rabbitmq.conf"
-        conf.write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            "loopback_users = none\n"
-        )
+        conf.write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
         (self.dir / "env.conf").write_text("")
         (self.dir / "enabled_plugins").write_text("[].\n")
         env = dict(os.environ)
-        env.update({
-            "RABBITMQ_NODENAME": f"{self.name}@localhost",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
-            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "env.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
-            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
-            "RABBITMQ_PID_FILE": str(self.dir / "pid"),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "HOME": env.get("HOME", "/root"),
-        })
+        env.update(
+            {
+                "RABBITMQ_NODENAME": f"{self.name}@localhost",
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+                "RABBITMQ_CONF_ENV_FILE": str(self.dir / "env.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+                "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+                "RABBITMQ_PID_FILE": str(self.dir / "pid"),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                    "-kernel inet_dist_use_interface {127,0,0,1}"
+                ),
+                "HOME": env.get("HOME", "/root"),
+            }
+        )
         self._log = open(self.dir / "console.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([SERVER], env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [SERVER], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.broker
 class Responder:
     """A Kazoo-style responder: replies to ``targeted`` with routing key = the request Server-ID."""
 
-    def __init__(self, exchange: str, routing_key: str, *, delay: float = 0.0,
-                 echo_msg_id: bool = True) -> None:
+    def __init__(
+        self, exchange: str, routing_key: str, *, delay: float = 0.0, echo_msg_id: bool = True
+    ) -> None:
         self.exchange, self.routing_key, self.delay = exchange, routing_key, delay
         self.echo_msg_id = echo_msg_id
         self.requests: list[dict[str, Any]] = []
@@ -63,8 +64,12 @@ class Responder:
             for item in [p for p in pending if p[0] <= now]:
                 pending.remove(item)
                 req = item[1]
-                reply = {"Event-Category": "test", "Event-Name": "reply",
-                         "Echo": req.get("Question"), "Server-ID": "kazoo_apps@kz2-<0.1.0>"}
+                reply = {
+                    "Event-Category": "test",
+                    "Event-Name": "reply",
+                    "Echo": req.get("Question"),
+                    "Server-ID": "kazoo_apps@kz2-<0.1.0>",
+                }
                 if self.echo_msg_id:
                     reply["Msg-ID"] = req["Msg-ID"]
                 ch.basic_publish("targeted", req["Server-ID"], json.dumps(reply))
@@ -80,9 +85,14 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     def anything(kz):
         record(kz)
     """
-    with DaemonProcess(tmp_path, routes, config={
-        "amqp_query_timeout_sec": 0, "amqp_query_timeout_micro": 300000,
-    }) as d:
+    with DaemonProcess(
+        tmp_path,
+        routes,
+        config={
+            "amqp_query_timeout_sec": 0,
+            "amqp_query_timeout_micro": 300000,
+        },
+    ) as d:
         yield d
 
 
@@ -95,9 +105,13 @@ def test_publish_injects_kazoo_fields_and_returns_after_confirm(daemon: DaemonPr
     ch.queue_declare(q, auto_delete=True)
     ch.queue_bind(q, ex, "a.#")
     with daemon.client() as c:
-        result = c.publish(ex, "a.b", '{"Event-Category": "directory", "Event-Name": '
-                           '"reg_success", "x": "a/b", "n": 1.50}', headers="k1=v1;k2=v2")
-    [(method, props, body)] = drain(ch, q, 1)
+        result = c.publish(
+            ex,
+            "a.b",
+            '{"Event-Category": "directory", "Event-Name": "reg_success", "x": "a/b", "n": 1.50}',
+            headers="k1=v1;k2=v2",
+        )
+    [(_method, props, body)] = drain(ch, q, 1)
     conn.close()
     doc = json.loads(body)
     assert props.content_type == "application/json"
@@ -119,8 +133,9 @@ def test_publish_injects_kazoo_fields_and_returns_after_confirm(daemon: DaemonPr
         ('"text"', BadPayload),
     ],
 )
-def test_publish_rejects_bad_payloads_with_typed_errors(daemon: DaemonProcess, payload: str,
-                                                        error: type[Exception]) -> None:
+def test_publish_rejects_bad_payloads_with_typed_errors(
+    daemon: DaemonProcess, payload: str, error: type[Exception]
+) -> None:
     """Non-JSON and non-object payloads are refused with BadPayload; the daemon keeps serving."""
     with daemon.client() as c:
         with pytest.raises(error):
@@ -138,8 +153,12 @@ def test_query_returns_the_correlated_reply(daemon: DaemonProcess) -> None:
     """A query publishes with our Server-ID and returns the reply carrying its Msg-ID."""
     ex = unique("kzt.query")
     with Responder(ex, "q.#") as responder, daemon.client() as c:
-        reply = c.query(ex, "q.ask", {"Event-Category": "test", "Event-Name": "ask",
-                                      "Question": 42}, timeout_ms=2000)
+        reply = c.query(
+            ex,
+            "q.ask",
+            {"Event-Category": "test", "Event-Name": "ask", "Question": 42},
+            timeout_ms=2000,
+        )
     assert reply["Echo"] == 42
     assert reply["AMQP-Broker-Zone"] == "local"
     assert isinstance(reply["AMQP-Received"], int)
@@ -156,9 +175,9 @@ def test_query_with_caller_supplied_msg_id_is_correlated(daemon: DaemonProcess) 
 
 
 @pytest.mark.parametrize(("timeout_ms", "expected_ms"), [(None, 300), (150, 150), (700, 700)])
-def test_query_times_out_within_50_ms_of_its_timeout(daemon: DaemonProcess,
-                                                     timeout_ms: int | None,
-                                                     expected_ms: int) -> None:
+def test_query_times_out_within_50_ms_of_its_timeout(
+    daemon: DaemonProcess, timeout_ms: int | None, expected_ms: int
+) -> None:
     """No reply: QueryTimeout at the default (300 ms here) or the per-call timeout, +-50 ms."""
     with daemon.client() as c:
         c.ping()
@@ -170,7 +189,7 @@ def test_query_times_out_within_50_ms_of_its_timeout(daemon: DaemonProcess,
 
 
 def test_late_reply_reaches_no_other_waiter(daemon: DaemonProcess) -> None:
-    """A reply arriving after its query timed out is counted and dropped, never handed to another."""
+    """A reply arriving after its query timed out is counted and dropped, given to no one."""
     slow, fast = unique("kzt.slow"), unique("kzt.fast")
     with Responder(slow, "s.#", delay=0.4), Responder(fast, "f.#", delay=0.6):
         results: dict[str, Any] = {}
@@ -206,33 +225,44 @@ def test_every_consumed_corpus_message_runs_its_expected_event_route(
     cases = [(name, c) for name, c in iter_corpus(shared_dir, "consume") if not c.get("synthetic")]
     assert cases, "no consume cases in the corpus"
     prefix = unique("kzt.corpus")
-    expected_routes = sorted({c["expected_event_route"] for _, c in cases
-                              if c.get("expected_event_route")})
+    expected_routes = sorted(
+        {c["expected_event_route"] for _, c in cases if c.get("expected_event_route")}
+    )
     # One queue per production queue name, bound with every key the corpus uses for it.
     by_queue: dict[str, dict[str, Any]] = {}
     for name, case in cases:
         binding = case.get("binding") or {}
         etype = case.get("exchange_type") or "topic"
         queue = f"{prefix}.{binding.get('queue', name)}"
-        sub = by_queue.setdefault(queue, {
-            "exchange": f"{prefix}.{case['exchange']}", "type": etype, "queue": queue,
-            "routing": [], "no_ack": 0 if binding.get("no_ack") is False else 1,
-            "auto_delete": 1,
-        })
+        sub = by_queue.setdefault(
+            queue,
+            {
+                "exchange": f"{prefix}.{case['exchange']}",
+                "type": etype,
+                "queue": queue,
+                "routing": [],
+                "no_ack": 0 if binding.get("no_ack") is False else 1,
+                "auto_delete": 1,
+            },
+        )
         key = "" if etype == "fanout" else binding.get("binding_key", "#")
         if key not in sub["routing"]:
             sub["routing"].append(key)
     uniq_subs = list(by_queue.values())
     routes = "SUBS = " + repr(uniq_subs) + "\n"
-    routes += "@router.route('kazoo:mod-init')\ndef init(kz):\n    for s in SUBS:\n        kz.subscribe(s)\n"
+    routes += (
+        "@router.route('kazoo:mod-init')\ndef init(kz):\n"
+        "    for s in SUBS:\n        kz.subscribe(s)\n"
+    )
     for i, route in enumerate(expected_routes):
         routes += f"@router.route({route!r})\ndef h{i}(kz):\n    record(kz)\n"
     with DaemonProcess(tmp_path, routes, workers=2) as d:
         conn = pika_connection()
         ch = conn.channel()
-        for name, case in cases:
-            ch.basic_publish(f"{prefix}.{case['exchange']}", case["routing_key"],
-                             _corpus_body(case))
+        for _, case in cases:
+            ch.basic_publish(
+                f"{prefix}.{case['exchange']}", case["routing_key"], _corpus_body(case)
+            )
         conn.close()
         routed = [c for _, c in cases if c.get("expected_event_route")]
         d.wait_events(len(routed) + 1, timeout=15)

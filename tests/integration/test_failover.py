@@ -69,8 +69,7 @@ def _declare_sink(url: str, exchange: str, queue: str, *, quorum: bool = True) -
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
     ch.exchange_declare(exchange, "topic", durable=True)
-    ch.queue_declare(queue, durable=True,
-                     arguments={"x-queue-type": "quorum"} if quorum else None)
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"} if quorum else None)
     ch.queue_bind(queue, exchange, "#")
     conn.close()
 
@@ -137,8 +136,12 @@ def test_publish_accepted_while_the_broker_is_down_is_sent_when_it_returns(
     node = RabbitNode(tmp_path / "rabbit", "kztc" + unique("")[1:7]).start()
     try:
         _declare_sink(node.url, "kzt.buf", "kzt-buf-sink", quorum=False)
-        config = {"amqp_connection": [node.url], "publish_buffer_timeout_ms": 60000,
-                  "reconnect_min_ms": 100, "reconnect_max_ms": 500}
+        config = {
+            "amqp_connection": [node.url],
+            "publish_buffer_timeout_ms": 60000,
+            "reconnect_min_ms": 100,
+            "reconnect_max_ms": 500,
+        }
         with DaemonProcess(tmp_path, RECORD_ROUTES, workers=1, config=config) as d:
             node.stop(hard=True)
             result: dict[str, object] = {}
@@ -172,8 +175,12 @@ def test_broker_stopped_mid_run_loses_no_confirmed_publish_and_subscriptions_com
     a, b = two_nodes
     for node in (a, b):
         _declare_sink(node.url, "kzt.fo", "kzt-fo-sink")
-    config = {"amqp_connection": [a.url, b.url], "reconnect_min_ms": 100,
-              "reconnect_max_ms": 1000, "publish_buffer_timeout_ms": 20000}
+    config = {
+        "amqp_connection": [a.url, b.url],
+        "reconnect_min_ms": 100,
+        "reconnect_max_ms": 1000,
+        "publish_buffer_timeout_ms": 20000,
+    }
     with DaemonProcess(tmp_path, RECORD_ROUTES, workers=2, config=config) as d:
         confirmed: list[str] = []
         failures: list[str] = []
@@ -213,8 +220,11 @@ def test_broker_stopped_mid_run_loses_no_confirmed_publish_and_subscriptions_com
         assert not missing, f"{len(missing)} confirmed publishes lost, e.g. {sorted(missing)[:5]}"
         # The subscription on A was declared again after the reconnect and is consumed.
         conn = pika.BlockingConnection(pika.URLParameters(a.url))
-        conn.channel().basic_publish("kzt.fosub", "sub.after", json.dumps(
-            {"Event-Category": "t", "Event-Name": "after", "Msg-ID": "after-restart"}))
+        conn.channel().basic_publish(
+            "kzt.fosub",
+            "sub.after",
+            json.dumps({"Event-Category": "t", "Event-Name": "after", "Msg-ID": "after-restart"}),
+        )
         conn.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(
@@ -222,6 +232,9 @@ def test_broker_stopped_mid_run_loses_no_confirmed_publish_and_subscriptions_com
         ):
             time.sleep(0.1)
         assert any(e["payload"].get("Msg-ID") == "after-restart" for e in d.events())
-        events = [(e["payload"].get("Event-Name"), e["payload"].get("host")) for e in d.events()
-                  if e["payload"].get("Event-Category") == "connection"]
+        events = [
+            (e["payload"].get("Event-Name"), e["payload"].get("host"))
+            for e in d.events()
+            if e["payload"].get("Event-Category") == "connection"
+        ]
         assert ("closed", "127.0.0.1") in events and events.count(("open", "127.0.0.1")) >= 3

@@ -1,4 +1,4 @@
-"""Worker-pool behaviour against the real RabbitMQ: acks, crashes, hangs, bad input, routing modes."""
+"""Worker-pool behaviour on the real RabbitMQ: acks, crashes, hangs, bad input, routing modes."""
 
 from __future__ import annotations
 
@@ -54,8 +54,12 @@ def slow(kz):
 """
     routes = _routes(ex, q, ', "no_ack": 0, "wait_for_consumer_ack": 1', body)
     with DaemonProcess(tmp_path, routes, workers=2) as d:
-        msgs = [json.dumps({"Event-Category": "test", "Event-Name": "slow", "Msg-ID": f"m{i}",
-                            "Sleep": 0.15}).encode() for i in range(12)]
+        msgs = [
+            json.dumps(
+                {"Event-Category": "test", "Event-Name": "slow", "Msg-ID": f"m{i}", "Sleep": 0.15}
+            ).encode()
+            for i in range(12)
+        ]
         _publish(ex, msgs)
         started = d.wait_events(1, route="kazoo:consumer-event-test-slow")
         os.kill(started[0]["pid"], signal.SIGKILL)
@@ -87,10 +91,17 @@ def ok(kz):
 """
     routes = _routes(ex, q, ', "no_ack": 0', body)
     with DaemonProcess(tmp_path, routes, workers=1) as d:
-        _publish(ex, [json.dumps({"Event-Category": "test", "Event-Name": "boom",
-                                  "Msg-ID": "b1"}).encode(),
-                      json.dumps({"Event-Category": "test", "Event-Name": "ok",
-                                  "Msg-ID": "ok1"}).encode()])
+        _publish(
+            ex,
+            [
+                json.dumps(
+                    {"Event-Category": "test", "Event-Name": "boom", "Msg-ID": "b1"}
+                ).encode(),
+                json.dumps(
+                    {"Event-Category": "test", "Event-Name": "ok", "Msg-ID": "ok1"}
+                ).encode(),
+            ],
+        )
         assert d.wait_events(1, route="kazoo:consumer-event-test-ok")
         time.sleep(0.3)
         st = d.status()["workers"]
@@ -115,11 +126,20 @@ def ok(kz):
     routes = _routes(ex, q, ', "no_ack": 0', body)
     config = {"handler_timeout_ms": 1000, "max_redeliveries": 1}
     with DaemonProcess(tmp_path, routes, workers=2, config=config) as d:
-        _publish(ex, [json.dumps({"Event-Category": "test", "Event-Name": "hang",
-                                  "Msg-ID": "h1"}).encode()])
+        _publish(
+            ex,
+            [json.dumps({"Event-Category": "test", "Event-Name": "hang", "Msg-ID": "h1"}).encode()],
+        )
         d.wait_events(1, route="kazoo:consumer-event-test-hang")
-        _publish(ex, [json.dumps({"Event-Category": "test", "Event-Name": "ok",
-                                  "Msg-ID": f"ok{i}"}).encode() for i in range(4)])
+        _publish(
+            ex,
+            [
+                json.dumps(
+                    {"Event-Category": "test", "Event-Name": "ok", "Msg-ID": f"ok{i}"}
+                ).encode()
+                for i in range(4)
+            ],
+        )
         assert len(d.wait_events(4, route="kazoo:consumer-event-test-ok")) == 4
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and d.status()["workers"]["gave_up"] < 1:
@@ -133,8 +153,17 @@ def ok(kz):
 
 @pytest.mark.parametrize(
     "bad",
-    [b"not json at all", b"[1, 2, 3]", b"null", b'"a string"', b"\xff\xfe{bad utf-8}", b"",
-     b'{"a": "' + b"x" * (3 * 1024 * 1024) + b'", "Event-Category": "test", "Event-Name": "big"}'],
+    [
+        b"not json at all",
+        b"[1, 2, 3]",
+        b"null",
+        b'"a string"',
+        b"\xff\xfe{bad utf-8}",
+        b"",
+        b'{"a": "'
+        + b"x" * (3 * 1024 * 1024)
+        + b'", "Event-Category": "test", "Event-Name": "big"}',
+    ],
     ids=["not-json", "array", "null", "string", "invalid-utf8", "empty", "3MB"],
 )
 def test_bad_bodies_never_crash_and_are_counted(tmp_path: Path, bad: bytes) -> None:
@@ -146,8 +175,15 @@ def ok(kz):
     record(kz, size=len(kz.body))
 """
     with DaemonProcess(tmp_path, _routes(ex, q, ', "no_ack": 0', body), workers=1) as d:
-        _publish(ex, [bad, json.dumps({"Event-Category": "test", "Event-Name": "ok",
-                                       "Msg-ID": "after"}).encode()])
+        _publish(
+            ex,
+            [
+                bad,
+                json.dumps(
+                    {"Event-Category": "test", "Event-Name": "ok", "Msg-ID": "after"}
+                ).encode(),
+            ],
+        )
         assert d.wait_events(1, route="kazoo:consumer-event-test-ok")
         time.sleep(0.2)
         st = d.status()["workers"]
@@ -169,8 +205,9 @@ def any_(kz):
     record(kz)
 """
     config = {"max_message_bytes": 100000}
-    with DaemonProcess(tmp_path, _routes(ex, q, ', "no_ack": 0', body), workers=1,
-                       config=config) as d:
+    with DaemonProcess(
+        tmp_path, _routes(ex, q, ', "no_ack": 0', body), workers=1, config=config
+    ) as d:
         _publish(ex, [b'{"x": "' + b"y" * 200000 + b'"}', b'{"Event-Category": "t"}'])
         evs = d.wait_events(2)  # connection open + the small one
         assert any(e["payload"].get("Event-Category") == "t" for e in evs)
@@ -188,8 +225,12 @@ def cw(kz):
 """
     extra = ', "consistent-worker": 1, "consistent-worker-key": "Call-ID"'
     with DaemonProcess(tmp_path, _routes(ex, q, extra, body), workers=4) as d:
-        msgs = [json.dumps({"Event-Category": "test", "Event-Name": "cw", "Call-ID": f"c{i % 5}",
-                            "Seq": i}).encode() for i in range(60)]
+        msgs = [
+            json.dumps(
+                {"Event-Category": "test", "Event-Name": "cw", "Call-ID": f"c{i % 5}", "Seq": i}
+            ).encode()
+            for i in range(60)
+        ]
         _publish(ex, msgs)
         evs = d.wait_events(60, route="kazoo:consumer-event-test-cw")
         assert len(evs) == 60

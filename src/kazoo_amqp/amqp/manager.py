@@ -46,7 +46,6 @@ from kazoo_amqp.core.message import (
     TARGETED_EXCHANGE,
     augment_received,
     check_routing_key,
-    connection_event_body,
     inject_common_fields,
     node_name,
     reply_queue_name,
@@ -91,7 +90,9 @@ class BrokerLink:
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
-        return f"<BrokerLink {self.spec.server_id} {self.spec.redacted} zone={self.spec.zone} {state}>"
+        return (
+            f"<BrokerLink {self.spec.server_id} {self.spec.redacted} zone={self.spec.zone} {state}>"
+        )
 
 
 class Manager:
@@ -122,10 +123,21 @@ class Manager:
         self._paused = False
         self._ssl: ssl.SSLContext | None = None
         self.counters: dict[str, int] = {
-            "published": 0, "publish_failed": 0, "publish_retried": 0, "buffered": 0,
-            "buffer_rejected": 0, "queries": 0, "query_timeouts": 0, "replies": 0,
-            "late_replies": 0, "bad_replies": 0, "deliveries": 0, "oversize": 0,
-            "declare_errors": 0, "connects": 0, "disconnects": 0,
+            "published": 0,
+            "publish_failed": 0,
+            "publish_retried": 0,
+            "buffered": 0,
+            "buffer_rejected": 0,
+            "queries": 0,
+            "query_timeouts": 0,
+            "replies": 0,
+            "late_replies": 0,
+            "bad_replies": 0,
+            "deliveries": 0,
+            "oversize": 0,
+            "declare_errors": 0,
+            "connects": 0,
+            "disconnects": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -272,8 +284,11 @@ class Manager:
             # A broker channel.close (404 on a missing exchange) must not black-hole later
             # publishes, unlike the C module (operator issue 2.5): open a fresh channel.
             if link.channel is channel and link.control is not None and link.control.is_open:
-                log.warning("publish channel on %s closed: %s; reopening it",
-                            link.spec.redacted, fut.result())
+                log.warning(
+                    "publish channel on %s closed: %s; reopening it",
+                    link.spec.redacted,
+                    fut.result(),
+                )
                 link.channel = None
                 asyncio.get_running_loop().create_task(self._reopen_publish(link))
 
@@ -292,7 +307,10 @@ class Manager:
     def _on_return(self, returned: Returned) -> None:
         log.warning(
             "broker returned a message for exchange %r routing key %r: %d %s",
-            returned.exchange, returned.routing_key, returned.reply_code, returned.reply_text,
+            returned.exchange,
+            returned.routing_key,
+            returned.reply_code,
+            returned.reply_text,
         )
 
     async def _declare_reply_queue(self, link: BrokerLink) -> None:
@@ -328,7 +346,11 @@ class Manager:
                 log.error(
                     "subscription %d (exchange %r, queue %r) refused by %s: %s; fix the "
                     "description in kazoo:mod-init or delete the conflicting exchange/queue",
-                    index, sub.exchange.name, sub.queue.name, link.spec.redacted, exc,
+                    index,
+                    sub.exchange.name,
+                    sub.queue.name,
+                    link.spec.redacted,
+                    exc,
                 )
 
     async def _declare_one(self, ch: Channel, sub: Subscription) -> str:
@@ -336,20 +358,31 @@ class Manager:
         ex = sub.exchange
         if ex.name:
             await ch.exchange_declare(
-                ex.name, ex.type or "direct", passive=ex.passive, durable=ex.durable,
-                auto_delete=ex.auto_delete, internal=ex.internal,
+                ex.name,
+                ex.type or "direct",
+                passive=ex.passive,
+                durable=ex.durable,
+                auto_delete=ex.auto_delete,
+                internal=ex.internal,
             )
         for binding in sub.exchange_bindings:
             src = binding.source
             await ch.exchange_declare(
-                src.name, src.type or "direct", passive=src.passive, durable=src.durable,
-                auto_delete=src.auto_delete, internal=src.internal,
+                src.name,
+                src.type or "direct",
+                passive=src.passive,
+                durable=src.durable,
+                auto_delete=src.auto_delete,
+                internal=src.internal,
             )
             for key in binding.routing_keys:
                 await ch.exchange_bind(ex.name, src.name, key)
         q = sub.queue
         name, _, _ = await ch.queue_declare(
-            q.name, passive=q.passive, durable=q.durable, exclusive=q.exclusive,
+            q.name,
+            passive=q.passive,
+            durable=q.durable,
+            exclusive=q.exclusive,
             auto_delete=q.auto_delete,
         )
         if ex.name:
@@ -358,7 +391,9 @@ class Manager:
         return name
 
     # -- consuming ------------------------------------------------------------------------
-    def _consumer(self, index: int, sub: Subscription, spec: BrokerSpec) -> Callable[[Delivery], None]:
+    def _consumer(
+        self, index: int, sub: Subscription, spec: BrokerSpec
+    ) -> Callable[[Delivery], None]:
         from kazoo_amqp.core.pipe import encode_delivery
 
         dispatcher = self.dispatcher
@@ -378,7 +413,11 @@ class Manager:
                 counters["oversize"] += 1
                 log.error(
                     "rejected a %d-byte message from exchange %r routing key %r: over "
-                    "max_message_bytes = %d", len(body), d.exchange, d.routing_key, max_bytes,
+                    "max_message_bytes = %d",
+                    len(body),
+                    d.exchange,
+                    d.routing_key,
+                    max_bytes,
                 )
                 if mode is not AckMode.BROKER:
                     d.channel.reject(d.delivery_tag, requeue=False)
@@ -387,9 +426,7 @@ class Manager:
                 d.channel.ack(d.delivery_tag)
             key = _hash_key(body, hash_field, d.routing_key) if hashed else None
             seq = dispatcher.next_seq()
-            frame = encode_delivery(
-                seq, index, sid, d.redelivered, d.routing_key, d.exchange, body
-            )
+            frame = encode_delivery(seq, index, sid, d.redelivered, d.routing_key, d.exchange, body)
             dispatcher.dispatch(
                 dispatcher.pick(key), seq, frame, (d.channel, d.delivery_tag) if after else None
             )
@@ -428,20 +465,23 @@ class Manager:
             return
         msg_id = doc.get("Msg-ID")
         fut = self.pending.pop(msg_id, None) if isinstance(msg_id, str) else None
-        augment_received(doc, zone=zone, server_id=sid, now=int(self.clock()),
-                         render=jsonc.render)
+        augment_received(doc, zone=zone, server_id=sid, now=int(self.clock()), render=jsonc.render)
         if fut is not None and not fut.done():
             fut.set_result(jsonc.dumps(doc))
             return
         self.counters["late_replies"] += 1
-        log.info("reply with Msg-ID %r matches no waiting query (late or foreign); %s",
-                 msg_id, "routing it" if self.settings.late_replies == "route" else "dropped")
+        log.info(
+            "reply with Msg-ID %r matches no waiting query (late or foreign); %s",
+            msg_id,
+            "routing it" if self.settings.late_replies == "route" else "dropped",
+        )
         if self.settings.late_replies == "route":
             from kazoo_amqp.core.pipe import NO_BINDING, encode_delivery
 
             seq = self.dispatcher.next_seq()
-            frame = encode_delivery(seq, NO_BINDING, sid, d.redelivered, d.routing_key,
-                                    d.exchange, d.body)
+            frame = encode_delivery(
+                seq, NO_BINDING, sid, d.redelivered, d.routing_key, d.exchange, d.body
+            )
             self.dispatcher.dispatch(self.dispatcher.pick(None), seq, frame, None)
 
     # -- publishing -----------------------------------------------------------------------
@@ -456,14 +496,16 @@ class Manager:
                 return link
         return None
 
-    def _prepare(self, payload: str | bytes | dict[str, Any], routing_key: str,
-                 headers: str | None) -> tuple[dict[str, Any], int | None, str,
-                                               tuple[tuple[str, str], ...], str]:
+    def _prepare(
+        self, payload: str | bytes | dict[str, Any], routing_key: str, headers: str | None
+    ) -> tuple[dict[str, Any], int | None, str, tuple[tuple[str, str], ...], str]:
         doc = dict(payload) if isinstance(payload, dict) else jsonc.loads_object(payload)
         check_routing_key(routing_key)
         target, key = split_consumer_prefix(routing_key)
-        if target is not None and target != 0 and not any(
-            link.spec.server_id == target for link in self.links
+        if (
+            target is not None
+            and target != 0
+            and not any(link.spec.server_id == target for link in self.links)
         ):
             raise BadRoutingKey_(routing_key, target, len(self.links))
         hdrs = parse_headers(headers) if headers else ()
@@ -472,13 +514,21 @@ class Manager:
                 log.warning("AMQP header segment %r ignored: write name=value", bad)
         s = self.settings
         msg_id = inject_common_fields(
-            doc, app_name=s.app_name, app_version=s.app_version, node=self.node,
+            doc,
+            app_name=s.app_name,
+            app_version=s.app_version,
+            node=self.node,
             msg_id=str(uuid.uuid4()),
         )
         return doc, target, key, hdrs, msg_id
 
-    async def publish(self, exchange: str, routing_key: str, payload: str | bytes | dict[str, Any],
-                      headers: str | None = None) -> dict[str, Any]:
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+    ) -> dict[str, Any]:
         """kazoo_publish: returns after the broker confirmed the message."""
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
@@ -487,8 +537,14 @@ class Manager:
         self.counters["published"] += 1
         return {"msg_id": msg_id, "server_id": link.spec.server_id}
 
-    async def query(self, exchange: str, routing_key: str, payload: str | bytes | dict[str, Any],
-                    headers: str | None = None, timeout_ms: int | None = None) -> str:
+    async def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> str:
         """kazoo_query: publish, then wait for the reply carrying our Msg-ID; returns its text."""
         if self._closing:
             raise ShuttingDown("the daemon is stopping; query refused")
@@ -512,15 +568,25 @@ class Manager:
             elapsed = (loop.time() - started) * 1000
             raise QueryTimeout(
                 f"no reply with Msg-ID {msg_id} to {exchange}/{routing_key} within "
-                f"{timeout * 1000:.0f} ms", msg_id=msg_id, timeout_ms=elapsed,
+                f"{timeout * 1000:.0f} ms",
+                msg_id=msg_id,
+                timeout_ms=elapsed,
             ) from None
         finally:
             if self.pending.get(msg_id) is fut:
                 del self.pending[msg_id]
 
-    async def _send(self, exchange: str, key: str, doc: dict[str, Any],
-                    hdrs: tuple[tuple[str, str], ...], target: int | None, *,
-                    wait_confirm: bool, reply: asyncio.Future[str] | None = None) -> BrokerLink:
+    async def _send(
+        self,
+        exchange: str,
+        key: str,
+        doc: dict[str, Any],
+        hdrs: tuple[tuple[str, str], ...],
+        target: int | None,
+        *,
+        wait_confirm: bool,
+        reply: asyncio.Future[str] | None = None,
+    ) -> BrokerLink:
         s = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.publish_buffer_timeout_ms / 1000
@@ -548,15 +614,19 @@ class Manager:
             except (NotConnected, TimeoutError) as exc:
                 # The connection died (or hung) before the confirm: send it again elsewhere.
                 self.counters["publish_retried"] += 1
-                log.warning("publish to %s not confirmed (%s); sending it again",
-                            link.spec.redacted, exc or "confirm timeout")
+                log.warning(
+                    "publish to %s not confirmed (%s); sending it again",
+                    link.spec.redacted,
+                    exc or "confirm timeout",
+                )
                 if isinstance(exc, TimeoutError) and link.control is not None:
                     link.control.abort()
                 if loop.time() > deadline:
                     self.counters["publish_failed"] += 1
                     raise PublishFailed(
                         f"publish to exchange {exchange!r} routing key {key!r} was not confirmed "
-                        f"by any broker within publish_buffer_timeout_ms") from None
+                        f"by any broker within publish_buffer_timeout_ms"
+                    ) from None
             except BrokerError:
                 self.counters["publish_failed"] += 1
                 raise
@@ -570,13 +640,15 @@ class Manager:
             raise NotConnected(
                 f"no broker is connected and the publish buffer is full "
                 f"({s.publish_buffer_size} messages waiting): raise publish_buffer_size or "
-                f"check RabbitMQ ({self.describe_links()})")
+                f"check RabbitMQ ({self.describe_links()})"
+            )
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             self.counters["buffer_rejected"] += 1
             raise NotConnected(
                 f"no broker became available within publish_buffer_timeout_ms = "
-                f"{s.publish_buffer_timeout_ms} ({self.describe_links()})")
+                f"{s.publish_buffer_timeout_ms} ({self.describe_links()})"
+            )
         self._buffered += 1
         self.counters["buffered"] += 1
         try:
@@ -597,9 +669,15 @@ class Manager:
     def status(self) -> dict[str, Any]:
         return {
             "brokers": [
-                {"server_id": link.spec.server_id, "url": link.spec.redacted,
-                 "zone": link.spec.zone, "primary": link.spec.primary, "up": link.up,
-                 "connects": link.connects, "last_error": link.last_error}
+                {
+                    "server_id": link.spec.server_id,
+                    "url": link.spec.redacted,
+                    "zone": link.spec.zone,
+                    "primary": link.spec.primary,
+                    "up": link.up,
+                    "connects": link.connects,
+                    "last_error": link.last_error,
+                }
                 for link in self.links
             ],
             "pending_queries": len(self.pending),
@@ -613,12 +691,13 @@ class Manager:
         return f"<Manager {up}/{len(self.links)} brokers up, {len(self.pending)} queries waiting>"
 
 
-def BadRoutingKey_(routing_key: str, target: int, count: int) -> KazooError:  # noqa: N802
+def BadRoutingKey_(routing_key: str, target: int, count: int) -> KazooError:
     from kazoo_amqp.errors import BadRoutingKey
 
     return BadRoutingKey(
         f"routing key {routing_key!r} targets server {target}, but amqp_connection lists "
-        f"servers 1..{count}: use the Server-ID of a message received from that broker")
+        f"servers 1..{count}: use the Server-ID of a message received from that broker"
+    )
 
 
 def _allow_kazoo_names() -> None:

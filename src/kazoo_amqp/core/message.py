@@ -1,4 +1,4 @@
-"""Kazoo message conventions: injected fields, reply addressing, ``consumer://``, receive augmentation.
+"""Kazoo message conventions: injected fields, reply addressing, ``consumer://``, augmentation.
 
 Everything here follows the C module's wire conventions (spec §3.1, §6.5, §6.6) and does no I/O:
 the caller passes the clock reading and the generated ids.
@@ -26,12 +26,12 @@ def node_name(node_hostname: str) -> str:
 
 
 def server_id_for(node_hostname: str, server_id: int, index: int = 0) -> str:
-    """The ``Server-ID`` (= reply routing key) for broker ``server_id``: ``kamailio@h-<1>-targeted-0``."""
+    """``Server-ID`` (reply routing key) of broker ``server_id``: ``kamailio@h-<1>-targeted-0``."""
     return f"kamailio@{node_hostname}-<{server_id}>-targeted-{index}"
 
 
 def reply_queue_name(node_hostname: str, server_id: int, index: int = 0) -> str:
-    """The node's reply queue on broker ``server_id``: ``kamailio@h-<1-0>`` (literal angle brackets)."""
+    """The node's reply queue on broker ``server_id``: ``kamailio@h-<1-0>`` (literal ``<>``)."""
     return f"kamailio@{node_hostname}-<{server_id}-{index}>"
 
 
@@ -140,5 +140,5 @@ def augment_received(
 def connection_event_body(
     *, key: str, subkey: str, state: str, host: str, zone: str
 ) -> dict[str, Any]:
-    """The synthetic connection event of §4.4 as a document (``state`` is ``open`` or ``closed``)."""
+    """The synthetic connection event of §4.4 (``state`` is ``open`` or ``closed``)."""
     return {key: "connection", subkey: state, "host": host, "zone": zone}

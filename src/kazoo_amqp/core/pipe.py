@@ -3,7 +3,7 @@
 Every frame is length-prefixed (``core.framing``); its first byte says what it is:
 
 manager -> worker
-    ``I`` init: JSON ``{"bindings": [[event_key|null, event_subkey|null], ...], "zones": {sid: zone}}``
+    ``I`` init: JSON ``{"bindings": [[key|null, subkey|null], ...], "zones": {sid: zone}}``
     ``D`` delivery: header ``>QHHB`` (seq, binding index, server id, flags), then
           ``>HH`` lengths and the routing key and exchange (UTF-8), then the raw body.
           Binding index ``NO_BINDING`` means "no subscription" (an unmatched reply).

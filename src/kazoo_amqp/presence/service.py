@@ -61,8 +61,9 @@ class PresenceService:
             enabled=settings.pua_mode == 1,
         )
 
-    def build(self, payload: Mapping[str, Any] | str | bytes,
-              package: str | None) -> PresentityUpdate | None:
+    def build(
+        self, payload: Mapping[str, Any] | str | bytes, package: str | None
+    ) -> PresentityUpdate | None:
         """The update for ``payload`` (None when kazoo_pua_publish's dispatch does not apply)."""
         if not self.enabled:
             raise UsageError("kazoo_pua_publish is disabled (pua_mode != 1): set pua_mode = 1")
@@ -74,15 +75,18 @@ class PresenceService:
             raise UsageError(f"unknown presence package {package!r}: use one of {PACKAGES}")
         return build_update(package, doc, now=now, include_entity=self.include_entity)
 
-    def publish(self, payload: Mapping[str, Any] | str | bytes,
-                package: str | None = None) -> dict[str, Any]:
+    def publish(
+        self, payload: Mapping[str, Any] | str | bytes, package: str | None = None
+    ) -> dict[str, Any]:
         """Write one update (and refresh watchers); return what was written."""
         update = self.build(payload, package)
         if update is None:
-            return {"written": False,
-                    "reason": "not an update: Event-Name must be 'update' and Event-Package one "
-                              "of presence, dialog, message-summary (use a per-package call to "
-                              "skip this check)"}
+            return {
+                "written": False,
+                "reason": "not an update: Event-Name must be 'update' and Event-Package one "
+                "of presence, dialog, message-summary (use a per-package call to "
+                "skip this check)",
+            }
         self.write([update])
         return self._result(update, self.refresh(update))
 
@@ -99,15 +103,22 @@ class PresenceService:
             self.rpc.refresh_watchers(update.presentity_uri, update.event)
             return None
         except KazooError as exc:
-            log.warning("row for %s (%s) written, but refreshing watchers failed: %s",
-                        update.presentity_uri, update.event, exc)
+            log.warning(
+                "row for %s (%s) written, but refreshing watchers failed: %s",
+                update.presentity_uri,
+                update.event,
+                exc,
+            )
             return str(exc)
 
     @staticmethod
     def _result(update: PresentityUpdate, refresh_error: str | None) -> dict[str, Any]:
         result: dict[str, Any] = {
-            "written": True, "package": update.event, "presentity": update.presentity_uri,
-            "etag": update.etag, "expires": update.expires,
+            "written": True,
+            "package": update.event,
+            "presentity": update.presentity_uri,
+            "etag": update.etag,
+            "expires": update.expires,
             "refreshed": refresh_error is None,
         }
         if refresh_error is not None:

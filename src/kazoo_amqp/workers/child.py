@@ -28,14 +28,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kazoo_amqp.core import jsonc
+from kazoo_amqp.core import jsonc, pipe
 from kazoo_amqp.core.config import Settings, load_config
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.message import augment_received
 from kazoo_amqp.core.route_names import CONSUMER_EVENT, candidates
 from kazoo_amqp.core.subscription import Subscription
 from kazoo_amqp.errors import BadPayload, KazooError, UsageError
-from kazoo_amqp.core import pipe
 from kazoo_amqp.workers.context import Kz, Payload
 from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
 
@@ -138,8 +137,14 @@ class WorkerServices:
         if update is None:
             return service.publish(payload, package)  # type: ignore[no-any-return]
         self._pending.append((self.current_seq, update))
-        return {"written": True, "package": update.event, "presentity": update.presentity_uri,
-                "etag": update.etag, "expires": update.expires, "committed": "end of batch"}
+        return {
+            "written": True,
+            "package": update.event,
+            "presentity": update.presentity_uri,
+            "etag": update.etag,
+            "expires": update.expires,
+            "committed": "end of batch",
+        }
 
     def flush(self) -> set[int]:
         """Commit the batch's presence writes; return the seqs whose write failed."""
@@ -149,8 +154,11 @@ class WorkerServices:
         try:
             self._presence.write([u for _, u in pending])
         except KazooError as exc:
-            log.error("presence batch of %d updates failed, their deliveries are rejected: %s",
-                      len(pending), exc)
+            log.error(
+                "presence batch of %d updates failed, their deliveries are rejected: %s",
+                len(pending),
+                exc,
+            )
             return {seq for seq, _ in pending}
         refreshed: set[tuple[str, str]] = set()
         for _, update in pending:
@@ -201,11 +209,18 @@ class Worker:
         except BadPayload as exc:
             log.warning(
                 "worker %d: dropped message from exchange %r routing key %r (%d bytes): %s",
-                self.index, d.exchange, d.routing_key, len(d.body), exc,
+                self.index,
+                d.exchange,
+                d.routing_key,
+                len(d.body),
+                exc,
             )
             return self._count(pipe.Outcome.BAD_MESSAGE)
         augment_received(
-            doc, zone=self.zones.get(d.server_id, ""), server_id=d.server_id, now=now,
+            doc,
+            zone=self.zones.get(d.server_id, ""),
+            server_id=d.server_id,
+            now=now,
             render=jsonc.render,
         )
         if d.binding < len(self.bindings):
@@ -247,8 +262,12 @@ class Worker:
                 return self._count(pipe.Outcome.NO_ROUTE)
             name, handler = hit
         kz = Kz(
-            self.services, payload=doc, routing_key=routing_key, exchange=exchange,
-            event_name=name, redelivered=redelivered,
+            self.services,
+            payload=doc,
+            routing_key=routing_key,
+            exchange=exchange,
+            event_name=name,
+            redelivered=redelivered,
         )
         try:
             result = handler(kz)
@@ -259,8 +278,14 @@ class Worker:
             log.log(
                 level,
                 "worker %d: route %s raised %s: %s (exchange %r, routing key %r, Msg-ID %r)",
-                self.index, name, type(exc).__name__, exc, exchange, routing_key,
-                doc.get("Msg-ID"), exc_info=not isinstance(exc, KazooError),
+                self.index,
+                name,
+                type(exc).__name__,
+                exc,
+                exchange,
+                routing_key,
+                doc.get("Msg-ID"),
+                exc_info=not isinstance(exc, KazooError),
             )
             return self._count(pipe.Outcome.HANDLER_ERROR)
         return self._count(pipe.Outcome.DONE)
@@ -335,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_config(args.config, default_app_version=__version__)
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s worker-{args.index}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s worker-{args.index}[{os.getpid()}] %(levelname)s %(name)s: "
+        "%(message)s",
         stream=sys.stderr,
     )
     router = Router()

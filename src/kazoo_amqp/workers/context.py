@@ -70,8 +70,15 @@ class Services(Protocol):
 class Kz:
     """The per-event context handed to a route handler."""
 
-    __slots__ = ("_body", "_services", "event_name", "exchange", "payload", "redelivered",
-                 "routing_key")
+    __slots__ = (
+        "_body",
+        "_services",
+        "event_name",
+        "exchange",
+        "payload",
+        "redelivered",
+        "routing_key",
+    )
 
     def __init__(
         self,
@@ -153,8 +160,9 @@ class Kz:
                     "subscribe(exchange, type, queue, routing) takes four strings; "
                     "for a description dict call subscribe({...}) alone"
                 )
-            sub = subscription_from_args(description, exchange_type or "", queue or "",
-                                         routing or "")
+            sub = subscription_from_args(
+                description, exchange_type or "", queue or "", routing or ""
+            )
         self._services.subscribe(sub)
 
     # -- presence ------------------------------------------------------------------------------

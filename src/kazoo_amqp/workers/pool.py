@@ -30,9 +30,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kazoo_amqp.core import pipe
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.hashing import pick_worker
-from kazoo_amqp.core import pipe
 
 log = logging.getLogger("kazoo_amqp.pool")
 
@@ -137,13 +137,21 @@ class WorkerPool:
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
         self.counters: dict[str, int] = {
-            "dispatched": 0, "done": 0, "handler_error": 0, "bad_message": 0, "no_route": 0,
-            "redelivered": 0, "gave_up": 0, "worker_restarts": 0, "hung_workers": 0,
+            "dispatched": 0,
+            "done": 0,
+            "handler_error": 0,
+            "bad_message": 0,
+            "no_route": 0,
+            "redelivered": 0,
+            "gave_up": 0,
+            "worker_restarts": 0,
+            "hung_workers": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def start(self, bindings: list[tuple[str | None, str | None]],
-                    zones: dict[int, str]) -> None:
+    async def start(
+        self, bindings: list[tuple[str | None, str | None]], zones: dict[int, str]
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.init_frame = pipe.encode_init(bindings, zones)
         for handle in self.workers:
@@ -158,8 +166,17 @@ class WorkerPool:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         try:
             handle.proc = subprocess.Popen(
-                [self.python, "-m", "kazoo_amqp.workers.child", "--config", self.config_path,
-                 "--fd", str(child.fileno()), "--index", str(handle.index)],
+                [
+                    self.python,
+                    "-m",
+                    "kazoo_amqp.workers.child",
+                    "--config",
+                    self.config_path,
+                    "--fd",
+                    str(child.fileno()),
+                    "--index",
+                    str(handle.index),
+                ],
                 pass_fds=(child.fileno(),),
                 env=self.env,
                 start_new_session=True,
@@ -188,9 +205,7 @@ class WorkerPool:
                 await self._monitor
         self._flush()
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
-            h.inflight and h.alive for h in self.workers
-        ):
+        while time.monotonic() < deadline and any(h.inflight and h.alive for h in self.workers):
             await asyncio.sleep(0.02)
         for handle in self.workers:
             if handle.transport is not None and handle.connected:
@@ -231,7 +246,7 @@ class WorkerPool:
         return self._rr
 
     def dispatch(self, index: int, seq: int, frame: bytes, token: Any) -> None:
-        """Hand one encoded frame (``pipe.encode_delivery``/``encode_event``) to worker ``index``."""
+        """Hand one encoded frame (``pipe.encode_delivery``/``encode_event``) to a worker."""
         handle = self.workers[index]
         if not handle.inflight:
             handle.last_progress = time.monotonic()
@@ -293,7 +308,9 @@ class WorkerPool:
                     log.error(
                         "worker %d made no progress for %.1f s with %d deliveries in flight: "
                         "killing and replacing it (handler_timeout_ms)",
-                        handle.index, now - handle.last_progress, len(handle.inflight),
+                        handle.index,
+                        now - handle.last_progress,
+                        len(handle.inflight),
                     )
                 if dead or hung:
                     await self._replace(handle)
@@ -310,7 +327,9 @@ class WorkerPool:
         handle.restarts += 1
         log.error(
             "worker %d (exit %s) died with %d deliveries in flight; restarting it and sending "
-            "them again", handle.index, handle.proc.returncode if handle.proc else code,
+            "them again",
+            handle.index,
+            handle.proc.returncode if handle.proc else code,
             len(handle.inflight),
         )
         if handle.inflight:
@@ -325,7 +344,10 @@ class WorkerPool:
                 self.counters["gave_up"] += 1
                 log.error(
                     "delivery %d was running in %d workers that died or hung: giving up on it "
-                    "(max_redeliveries = %d)", seq, item.attempts, self.max_redeliveries,
+                    "(max_redeliveries = %d)",
+                    seq,
+                    item.attempts,
+                    self.max_redeliveries,
                 )
                 self.on_done(item.token, GAVE_UP)
             self.counters["redelivered"] += len(handle.inflight)
@@ -337,8 +359,13 @@ class WorkerPool:
     def status(self) -> dict[str, Any]:
         return {
             "workers": [
-                {"index": h.index, "pid": h.proc.pid if h.proc else None, "alive": h.alive,
-                 "inflight": len(h.inflight), "restarts": h.restarts}
+                {
+                    "index": h.index,
+                    "pid": h.proc.pid if h.proc else None,
+                    "alive": h.alive,
+                    "inflight": len(h.inflight),
+                    "restarts": h.restarts,
+                }
                 for h in self.workers
             ],
             "inflight": self._inflight_total,

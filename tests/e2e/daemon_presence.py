@@ -1,0 +1,234 @@
+"""The kazoo-amqp daemon in front of a real Kamailio presence server, for e2e tests.
+
+``presence_daemon(kam, run_dir)`` starts the real daemon (``tests/integration/daemon_harness``)
+with production-like presence routes (the bindings of ``examples/routes.py``):
+
+* ``kazoo:mod-init`` subscribes a unique ``presence`` topic exchange with ``dialog.*.*``,
+  ``update.*.*`` and ``mwi_updates.*.*``, ``consistent-worker`` keyed on ``Call-ID`` and the ack
+  sent after the handler (``no_ack 0`` + ``wait_for_consumer_ack 1``);
+* ``…-presence-dialog-update`` -> ``kz.pua_publish_dialoginfo()``, ``…-presence-update`` ->
+  ``kz.pua_publish_presence()``, ``…-presence-mwi-update`` -> ``kz.pua_publish_mwi()``.
+
+Every handler records what ``kz.pua_publish_*`` returned (or the exception) in the daemon's
+``events.jsonl`` (``DaemonProcess.events()``), so a test can tell "the row was not written" from
+"Kamailio did not send the NOTIFY".
+
+The daemon's ``db_url`` is Kamailio's SQLite file and ``kamailio_rpc`` Kamailio's jsonrpcs
+datagram socket. Kamailio's own ``db_url`` needs four slashes (``sqlite:////abs/path``: its
+db_sqlite drops one); ours takes ``sqlite://`` + the absolute path (three slashes) and also
+normalises the four-slash form to the same file.
+
+Kazoo-style payloads are the corpus cases (``shared/corpus/0[1-8]*.json``) re-targeted at the
+watcher's user and realm by :func:`corpus_payload`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+from kamailio.harness import KamailioPresence
+
+from tests.conftest import find_shared_dir
+from tests.integration.daemon_harness import DaemonProcess, pika_connection, unique
+
+DIALOG_ROUTE = "kazoo:consumer-event-presence-dialog-update"
+PRESENCE_ROUTE = "kazoo:consumer-event-presence-update"
+MWI_ROUTE = "kazoo:consumer-event-presence-mwi-update"
+
+PRESENCE_ROUTES = '''
+@router.route("kazoo:mod-init")
+def init(kz):
+    kz.subscribe({{
+        "exchange": {exchange!r}, "type": "topic", "queue": {queue!r},
+        "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
+        "durable": False, "auto_delete": True,
+        "no_ack": 0, "wait_for_consumer_ack": 1,
+        "consistent-worker": 1, "consistent-worker-key": "Call-ID",
+    }})
+
+
+def _publish(kz, call):
+    try:
+        result = call()
+    except Exception as exc:
+        record(kz, error=type(exc).__name__, message=str(exc))
+        raise
+    record(kz, result=result)
+
+
+@router.route("kazoo:consumer-event-presence-dialog-update")
+def dialog_update(kz):
+    _publish(kz, kz.pua_publish_dialoginfo)
+
+
+@router.route("kazoo:consumer-event-presence-update")
+def presence_update(kz):
+    _publish(kz, kz.pua_publish_presence)
+
+
+@router.route("kazoo:consumer-event-presence-mwi-update")
+def mwi_update(kz):
+    _publish(kz, kz.pua_publish_mwi)
+'''
+
+
+class PresenceDaemon:
+    """A started ``DaemonProcess`` plus the exchange/queue its presence routes consume."""
+
+    def __init__(self, daemon: DaemonProcess, exchange: str, queue: str) -> None:
+        self.daemon = daemon
+        self.exchange = exchange
+        self.queue = queue
+
+    # -- publishing like Kazoo -------------------------------------------------------------
+    def publish(self, routing_key: str, payload: dict[str, Any]) -> None:
+        """Publish one JSON message to the presence exchange (with publisher confirms)."""
+        conn = pika_connection()
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.basic_publish(
+                self.exchange, routing_key, json.dumps(payload).encode(),
+                pika.BasicProperties(content_type="application/json"),
+                mandatory=True,
+            )
+        finally:
+            conn.close()
+
+    def publish_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish several messages back to back on one channel, in order."""
+        conn = pika_connection()
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for routing_key, payload in messages:
+                ch.basic_publish(
+                    self.exchange, routing_key, json.dumps(payload).encode(),
+                    pika.BasicProperties(content_type="application/json"),
+                    mandatory=True,
+                )
+        finally:
+            conn.close()
+
+    # -- what the routes did ---------------------------------------------------------------
+    def results(self, route: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.daemon.events() if route is None or e["route"] == route]
+
+    def wait_results(self, count: int, route: str | None = None,
+                     timeout: float = 15.0) -> list[dict[str, Any]]:
+        return self.daemon.wait_events(count, timeout=timeout, route=route)
+
+    def diagnostics(self) -> str:
+        return (f"--- route results:\n{json.dumps(self.results(), indent=1)[-3000:]}\n"
+                f"--- daemon log tail:\n{self.daemon.logs()[-3000:]}")
+
+
+def wait_consumer(queue: str, timeout: float = 15.0) -> None:
+    """Wait until ``queue`` exists and has a consumer (the daemon's subscription is live)."""
+    deadline = time.monotonic() + timeout
+    conn = pika_connection()
+    try:
+        while True:
+            ch = conn.channel()
+            try:
+                ok = ch.queue_declare(queue, passive=True).method
+                if ok.consumer_count >= 1:
+                    return
+                ch.close()
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # 404: not declared yet (the channel is closed by the broker)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"queue {queue} has no consumer after {timeout}s")
+            time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+def presence_daemon(kam: KamailioPresence, run_dir: Path, *, workers: int = 2,
+                    config: dict[str, Any] | None = None) -> PresenceDaemon:
+    """Start the daemon writing Kamailio's presentity DB and refreshing its watchers.
+
+    The caller stops it with ``.daemon.stop()`` (or ``with ...daemon:`` after start).
+    """
+    assert kam.db_path is not None, "only the SQLite harness shares its DB file"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exchange, queue = unique("kzt.presence"), unique("kzt.presence-dialog")
+    cfg = {
+        "db_url": f"sqlite://{kam.db_path}",  # sqlite:///abs/path (three slashes)
+        "kamailio_rpc": kam.rpc_url,
+        "log_level": "info",
+        **(config or {}),
+    }
+    daemon = DaemonProcess(run_dir, PRESENCE_ROUTES.format(exchange=exchange, queue=queue),
+                           config=cfg, workers=workers)
+    daemon.start()
+    try:
+        wait_consumer(queue)
+    except BaseException:
+        daemon.stop()
+        raise
+    return PresenceDaemon(daemon, exchange, queue)
+
+
+# ------------------------------------------------------------------------ Kazoo payloads
+
+
+def corpus_case(name_prefix: str) -> dict[str, Any]:
+    """The corpus case whose file name starts with ``name_prefix`` (e.g. ``"02-"``)."""
+    shared = find_shared_dir()
+    if shared is None:
+        import pytest
+
+        pytest.skip("../shared not found: set KAZOO_SHARED_DIR (needed for the corpus payloads)")
+    matches = sorted((shared / "corpus").glob(f"{name_prefix}*.json"))
+    assert len(matches) == 1, f"corpus case {name_prefix}*: found {matches}"
+    case: dict[str, Any] = json.loads(matches[0].read_text())
+    return case
+
+
+def corpus_payload(name_prefix: str, *, user: str, realm: str,
+                   call_id: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """A corpus payload re-targeted at ``user@realm``: ``(routing_key, payload)``.
+
+    The presentity of the case (``From-User`` / ``From-Realm``) becomes ``user`` / ``realm``
+    everywhere it appears (From, Presence-ID, To-URI, Message-Account, ...); other parties keep
+    their user and move to ``realm``. ``Call-ID`` is ``call_id`` (default: a fresh one) and
+    ``Msg-ID`` is fresh. ``overrides`` replace members last (``None`` deletes one).
+    """
+    case = corpus_case(name_prefix)
+    p = copy.deepcopy(case["payload"])
+    old_user, old_realm = p["From-User"], p["From-Realm"]
+    old_call = p.get("Call-ID", "")
+    call_id = call_id or uuid.uuid4().hex
+
+    def fix(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value == old_user:
+            return user
+        if old_call and value == old_call:
+            return call_id
+        value = value.replace(f"{old_user}@{old_realm}", f"{user}@{realm}")
+        return value.replace(old_realm, realm)
+
+    p = {k: fix(v) for k, v in p.items()}
+    p["Call-ID"] = call_id
+    p["Msg-ID"] = uuid.uuid4().hex[:16]
+    for key, value in overrides.items():
+        key = key.replace("_", "-")
+        if value is None:
+            p.pop(key, None)
+        else:
+            p[key] = value
+    # Kazoo's routing keys: <kind>.<encoded realm>.<call-id or user> (kapi_presence)
+    kind = case["routing_key"].split(".", 1)[0]
+    last = user if kind == "mwi_updates" else call_id
+    routing_key = f"{kind}.{realm.replace('.', '%2E')}.{last}"
+    return routing_key, p
