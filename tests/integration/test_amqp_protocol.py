@@ -555,7 +555,9 @@ async def test_bad_arguments_are_usage_errors(conn: Connection) -> None:
     with pytest.raises(BadRoutingKey):
         ch.publish("", "k" * 256, b"{}")
     with pytest.raises(UsageError, match=r"exchange\.declare"):
-        await ch.exchange_declare("bad*name")
+        await ch.exchange_declare("x" * 300)  # over the AMQP short-string limit
+    await ch.exchange_declare("kazoo<names>@are*fine", auto_delete=True)  # any UTF-8 is allowed
+    await ch.exchange_delete("kazoo<names>@are*fine")
     assert ch.is_open
     await ch.queue_declare("", exclusive=True)
 

@@ -142,7 +142,6 @@ class Manager:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        _allow_kazoo_names()
         for link in self.links:
             link.task = asyncio.get_running_loop().create_task(
                 self._supervise(link), name=f"broker-{link.spec.server_id}"
@@ -698,22 +697,6 @@ def BadRoutingKey_(routing_key: str, target: int, count: int) -> KazooError:
         f"routing key {routing_key!r} targets server {target}, but amqp_connection lists "
         f"servers 1..{count}: use the Server-ID of a message received from that broker"
     )
-
-
-def _allow_kazoo_names() -> None:
-    """Let pamqp encode every name RabbitMQ accepts.
-
-    pamqp validates queue and exchange names against a narrow pattern that rejects ``<`` and
-    ``>``, but Kazoo's reply queues are named ``kamailio@host-<1-0>`` and RabbitMQ accepts any
-    UTF-8 short string. Length is still checked by pamqp.
-    """
-    import re
-
-    from pamqp import constants
-
-    anything = re.compile(r"^.*$", re.DOTALL)
-    constants.DOMAIN_REGEX["queue-name"] = anything
-    constants.DOMAIN_REGEX["exchange-name"] = anything
 
 
 def _fail_reply(confirm: asyncio.Future[None], reply: asyncio.Future[str]) -> None:

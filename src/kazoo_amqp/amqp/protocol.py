@@ -321,6 +321,23 @@ class _Rpc:
         self.on_reply = on_reply
 
 
+def allow_any_name() -> None:
+    """Let pamqp encode every name RabbitMQ accepts.
+
+    pamqp validates queue and exchange names against a narrow pattern that rejects ``<`` and
+    ``>``, but Kazoo's reply queues are named ``kamailio@host-<1-0>`` and RabbitMQ accepts any
+    UTF-8 short string. Length is still checked by pamqp.
+    """
+    import re
+
+    from pamqp import constants
+
+    anything = re.compile(r"^.*$", re.DOTALL)
+    constants.DOMAIN_REGEX["queue-name"] = anything
+    constants.DOMAIN_REGEX["exchange-name"] = anything
+
+
+
 class Connection:
     """One AMQP connection. Create it with ``await Connection.connect(...)``."""
 
@@ -414,6 +431,7 @@ class Connection:
         reached in ``connect_timeout`` seconds, ``BrokerRefused`` when it refuses the login or the
         vhost.
         """
+        allow_any_name()
         conn = cls(
             host=host,
             port=port,

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Publish throughput through the daemon's socket, publisher confirms on, counted at the broker.
+
+    .venv/bin/python bench/publish.py                 # 3 reps of 100k messages from 4 processes
+    .venv/bin/python bench/publish.py --quick --reps 1
+    .venv/bin/python bench/publish.py --profile       # + one rep under py-spy
+
+Runs (each repetition):
+
+* ``p4_async``: ``--procs`` client processes (4), each an ``AsyncClient`` with ``--concurrency``
+  (256) publishes in flight, ``--count`` messages in total. A reply means the broker confirmed.
+  **broker msg/s** = N / (GO -> a queue bound ``#`` to the exchange holds N messages; depth polled
+  every 20 ms with a passive ``queue.declare``), as the C harness measured it.
+  **client msg/s** = N / (first request -> last confirm over all clients).
+* ``p1_sync``: one process with the blocking ``Client``, one publish at a time: per-call latency
+  (it includes the broker's confirm, which the C module never waits for).
+
+CPU seconds per message per process group (manager, workers, clients, rabbitmq) come from
+``/proc/PID/stat``; memory peak (RSS and PSS) of manager + workers from ``smaps_rollup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _lib as L  # noqa: E402
+
+TARGET = 20000
+RK = "bench.publish.dialog"
+ROUTES = """
+# publish bench: no subscriptions, the workers stay idle
+"""
+
+
+# --------------------------------------------------------------------------- client process
+def client_main(a: argparse.Namespace) -> None:
+    bodies = [L.compact(L.kazoo_event(a.offset + i, "bench", "publish")) for i in range(1000)]
+    if a.sync:
+        from kazoo_amqp import Client
+
+        client = Client(a.socket, timeout=30.0)
+        client.ping()
+        L.wait_go()
+        c0 = time.process_time()
+        lat: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + a.deadline
+        t0 = time.monotonic()
+        for i in range(a.count):
+            if time.monotonic() > deadline:
+                break
+            t = time.perf_counter()
+            try:
+                client.publish(a.exchange, RK, bodies[i % 1000])
+            except Exception:
+                errors += 1
+                continue
+            lat.append((time.perf_counter() - t) * 1000)
+        t1 = time.monotonic()
+        client.close()
+        print(json.dumps({"start": t0, "end": t1, "done": len(lat), "errors": errors,
+                          "cpu_s": time.process_time() - c0,
+                          "lat_ms": [round(x, 4) for x in lat]}), flush=True)
+        return
+    asyncio.run(_async_client(a, bodies))
+
+
+async def _async_client(a: argparse.Namespace, bodies: list[str]) -> None:
+    from kazoo_amqp import AsyncClient
+
+    client = AsyncClient(a.socket, timeout=30.0)
+    await client.connect()
+    await client.ping()
+    L.wait_go()
+    c0 = time.process_time()
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    state = {"next": 0}
+    deadline = time.monotonic() + a.deadline
+    perf = time.perf_counter
+
+    async def one_lane() -> None:
+        while state["next"] < a.count and time.monotonic() < deadline:
+            i = state["next"]
+            state["next"] = i + 1
+            t = perf()
+            try:
+                await client.publish(a.exchange, RK, bodies[i % 1000])
+            except Exception as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            lat.append((perf() - t) * 1000)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one_lane() for _ in range(a.concurrency)))
+    t1 = time.monotonic()
+    await client.close()
+    print(json.dumps({"start": t0, "end": t1, "done": len(lat), "errors": errors,
+                      "cpu_s": time.process_time() - c0, "lat_ms": [round(x, 4) for x in lat]}), flush=True)
+
+
+def spawn_client(socket_path: str, exchange: str, count: int, *, concurrency: int, offset: int,
+                 sync: bool = False, deadline: float = 120.0) -> L.Child:
+    args = [__file__, "--client", "--socket", socket_path, "--exchange", exchange,
+            "--count", str(count), "--concurrency", str(concurrency), "--offset", str(offset),
+            "--deadline", str(deadline)]
+    if sync:
+        args.append("--sync")
+    return L.Child(args, "publish-client")
+
+
+# --------------------------------------------------------------------------- one run
+def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n: int, procs: int,
+             concurrency: int, sync: bool, profile: bool) -> dict:
+    broker.purge(sink)
+    per = n // procs
+    n = per * procs
+    clients = [spawn_client(daemon.socket, exchange, per, concurrency=concurrency,
+                            offset=k * per, sync=sync) for k in range(procs)]
+    for c in clients:
+        c.wait_ready()
+    workers = daemon.worker_pids()
+    sampler = L.Sampler({"manager": [daemon.pid], "workers": workers,
+                         "clients": [c.pid for c in clients], "rabbitmq": [L.rabbit_pid()]})
+    profs = []
+    if profile:
+        est = max(3, int(n / 15000))
+        profs = [L.Profiler(daemon.pid, "manager", est), L.Profiler(clients[0].pid, "client", est)]
+        time.sleep(0.5)  # let py-spy attach
+    sampler.start()
+    t_go = time.perf_counter()
+    t_go_mono = time.monotonic()
+    for c in clients:
+        c.go()
+    deadline = time.monotonic() + 180
+    t_broker = None
+    depth = 0
+    polls = 0
+    while time.monotonic() < deadline:
+        depth = broker.depth(sink)
+        if depth >= n:
+            t_broker = time.perf_counter()
+            break
+        polls += 1
+        if polls % 10 == 0:
+            sampler.sample_peak()
+        if all(c.proc.poll() is not None for c in clients) and polls % 50 == 0:
+            # clients are done: keep polling a little for the broker to catch up
+            pass
+        time.sleep(0.02)
+    sampler.sample_peak()
+    results = [c.result(timeout=60) for c in clients]
+    cpu = sampler.stop()
+    L.add_reported_cpu(cpu, "clients", [r["cpu_s"] for r in results])
+    prof = [p.summary() for p in profs]
+    lat = [x for r in results for x in r["lat_ms"]]
+    done = sum(r["done"] for r in results)
+    errors: dict[str, int] = {}
+    for r in results:
+        errs = r["errors"] if isinstance(r["errors"], dict) else {"errors": r["errors"]}
+        for k, v in errs.items():
+            errors[k] = errors.get(k, 0) + v
+    start = min(r["start"] for r in results)
+    end = max(r["end"] for r in results)
+    out = {
+        "n": n, "procs": procs, "concurrency": concurrency, "sync": sync,
+        "confirmed": done, "errors": errors, "broker_depth": depth,
+        "broker_msg_s": round(n / (t_broker - t_go), 1) if t_broker else None,
+        "client_msg_s": round(done / (end - start), 1) if end > start else None,
+        "go_to_first_s": round(start - t_go_mono, 4),
+        "latency_ms": L.lat_summary(lat),
+        "cpu": cpu, "cpu_us_per_msg": L.per_op_us(cpu, done),
+        "mem_peak": {k: v for k, v in sampler.peak.items() if k.startswith("total")}
+                    | {"manager_rss_kb": sampler.peak.get("manager", {}).get("rss_kb"),
+                       "workers_rss_kb": sampler.peak.get("workers", {}).get("rss_kb")},
+    }
+    if prof:
+        out["profile"] = prof
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--socket", help=argparse.SUPPRESS)
+    ap.add_argument("--exchange", help=argparse.SUPPRESS)
+    ap.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, default=120.0, help=argparse.SUPPRESS)
+    ap.add_argument("--count", type=int, default=None, help="messages per rep (default 100k)")
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=256, help="publishes in flight per process")
+    ap.add_argument("--sync-count", type=int, default=None, help="p1_sync messages (default 5k)")
+    L.common_args(ap)
+    a = ap.parse_args()
+    if a.client:
+        client_main(a)
+        return 0
+
+    n = a.count or (20000 if a.quick else 100000)
+    n_sync = a.sync_count or (2000 if a.quick else 5000)
+    L.log(f"publish: {n} msgs x {a.reps} reps, {a.procs} procs x {a.concurrency} in flight, "
+          f"{a.workers} workers")
+    info = L.machine_info()
+    broker = L.Broker()
+    exchange = broker.exchange(L.unique("pub"))
+    sink = broker.queue(exchange + ".sink", exchange=exchange, keys=["#"])
+    daemon = L.Daemon(ROUTES, workers=a.workers, name="publish")
+    runs: dict[str, list[dict]] = {"p4_async": [], "p1_sync": []}
+    profile: dict | None = None
+    try:
+        daemon.start()
+        L.log("daemon up; warm-up 2,000 publishes")
+        run_once(daemon, broker, exchange, sink, n=2000, procs=1, concurrency=64, sync=False,
+                 profile=False)
+        for rep in range(a.reps):
+            r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
+                         concurrency=a.concurrency, sync=False, profile=False)
+            runs["p4_async"].append(r)
+            L.log(f"  p4_async rep {rep + 1}: broker {L.fmt(r['broker_msg_s'])}/s, client "
+                  f"{L.fmt(r['client_msg_s'])}/s, p50 {r['latency_ms'].get('p50')} ms, "
+                  f"errors {r['errors']}, machine busy {r['cpu']['machine_busy_pct']}%")
+            s = run_once(daemon, broker, exchange, sink, n=n_sync, procs=1, concurrency=1,
+                         sync=True, profile=False)
+            runs["p1_sync"].append(s)
+            L.log(f"  p1_sync rep {rep + 1}: {L.fmt(s['client_msg_s'])}/s, p50 "
+                  f"{s['latency_ms'].get('p50')} ms p99 {s['latency_ms'].get('p99')} ms")
+        if a.profile:
+            L.log("profiling rep (not counted)")
+            r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
+                         concurrency=a.concurrency, sync=False, profile=True)
+            profile = {"run": {k: v for k, v in r.items() if k != "profile"},
+                       "profiles": r.get("profile", [])}
+        status = daemon.status()
+    finally:
+        code = daemon.stop()
+        errors = daemon.log_errors()
+        daemon.remove()
+        broker.cleanup()
+        broker.close()
+
+    def med(key: str, path: list[str]) -> dict | None:
+        vals = []
+        for r in runs[key]:
+            v = r
+            for p in path:
+                v = v.get(p) if isinstance(v, dict) else None
+            vals.append(v)
+        return L.mmm(vals)
+
+    summary = {
+        "p4_async": {
+            "broker_msg_s": med("p4_async", ["broker_msg_s"]),
+            "client_msg_s": med("p4_async", ["client_msg_s"]),
+            "latency_p50_ms": med("p4_async", ["latency_ms", "p50"]),
+            "latency_p99_ms": med("p4_async", ["latency_ms", "p99"]),
+            "cpu_us_per_msg": {g: med("p4_async", ["cpu_us_per_msg", g])
+                               for g in ("manager", "workers", "clients", "rabbitmq")},
+            "cpu_pct": {g: med("p4_async", ["cpu", "cpu_pct", g])
+                        for g in ("manager", "workers", "clients", "rabbitmq")},
+            "machine_busy_pct": med("p4_async", ["cpu", "machine_busy_pct"]),
+            "mem_peak_rss_kb": med("p4_async", ["mem_peak", "total_rss_kb"]),
+            "mem_peak_pss_kb": med("p4_async", ["mem_peak", "total_pss_kb"]),
+        },
+        "p1_sync": {
+            "msg_s": med("p1_sync", ["client_msg_s"]),
+            "latency_p50_ms": med("p1_sync", ["latency_ms", "p50"]),
+            "latency_p90_ms": med("p1_sync", ["latency_ms", "p90"]),
+            "latency_p99_ms": med("p1_sync", ["latency_ms", "p99"]),
+            "cpu_us_per_msg": {g: med("p1_sync", ["cpu_us_per_msg", g])
+                               for g in ("manager", "clients", "rabbitmq")},
+        },
+    }
+    bm = summary["p4_async"]["broker_msg_s"]
+    result = {
+        "bench": "publish", "machine": info, "args": vars(a), "n": n,
+        "target": {"broker_msg_s": TARGET}, "c_module": {
+            "p4_broker_msg_s": L.C_NUMBERS["publish_p4_broker_msg_s"],
+            "p1_broker_msg_s": L.C_NUMBERS["publish_p1_broker_msg_s"],
+            "p1_call_p50_us": 60, "p1_call_p99_us": 418},
+        "summary": summary, "runs": runs, "profile": profile,
+        "daemon_counters": {k: status["manager"].get(k) for k in
+                            ("published", "publish_failed", "publish_retried", "buffered")},
+        "daemon_exit": code, "daemon_errors": errors,
+        "met": bool(bm and bm["median"] >= TARGET),
+    }
+    path = L.save_result("publish", result)
+
+    sm = summary["p4_async"]
+    print()
+    print(L.table(
+        ["run", "broker msg/s", "client msg/s", "call p50 ms", "call p99 ms", "target", "C module"],
+        [["p4_async", L.fmt(sm["broker_msg_s"]), L.fmt(sm["client_msg_s"]),
+          L.fmt(sm["latency_p50_ms"], 2), L.fmt(sm["latency_p99_ms"], 2), f">= {TARGET:,}",
+          f"{L.C_NUMBERS['publish_p4_broker_msg_s']:,}"],
+         ["p1_sync", "–", L.fmt(summary["p1_sync"]["msg_s"]),
+          L.fmt(summary["p1_sync"]["latency_p50_ms"], 3),
+          L.fmt(summary["p1_sync"]["latency_p99_ms"], 3), "–", "p50 0.060 ms (no confirm)"]]))
+    print()
+    print(L.table(["CPU µs/msg (p4_async)", "manager", "workers", "clients", "rabbitmq"],
+                  [["median", *(L.fmt(sm["cpu_us_per_msg"][g], 1)
+                                for g in ("manager", "workers", "clients", "rabbitmq"))]]))
+    print(f"\nmemory peak manager+workers: RSS {L.fmt(sm['mem_peak_rss_kb'])} kB, "
+          f"PSS {L.fmt(sm['mem_peak_pss_kb'])} kB; daemon counters {result['daemon_counters']}")
+    if profile:
+        for p in profile["profiles"]:
+            L.print_profile(p)
+    print(f"\ntarget >= {TARGET:,}/s: {'MET' if result['met'] else 'MISSED'}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
