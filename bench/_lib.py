@@ -491,7 +491,7 @@ class Daemon:
 
 # --------------------------------------------------------------------------- child processes
 class Child:
-    """A helper process that prints READY, waits for GO on stdin, prints one JSON line at the end."""
+    """A helper process: prints READY, waits for GO on stdin, prints one JSON line at the end."""
 
     def __init__(self, args: list[str], name: str) -> None:
         self.name = name
@@ -722,8 +722,15 @@ def machine_info() -> dict[str, Any]:
         out = subprocess.run(["rabbitmqctl", "-q", "eval", "rabbit_misc:version()."],
                              capture_output=True, text=True, timeout=20)
         rabbit = out.stdout.strip().strip('"') or None
+    git = {}
+    with contextlib.suppress(Exception):
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        git = {"head": head, "src_modified": [x.strip() for x in dirty if x.strip()]}
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git": git,
         "host": socket.gethostname(), "cpus": os.cpu_count(), "cpu_model": model,
         "mem_gb": mem_gb, "kernel": platform.release(), "python": platform.python_version(),
         "rabbitmq": rabbit, "loadavg": os.getloadavg(),

@@ -22,15 +22,13 @@ CPU seconds per message per process group (manager, workers, clients, rabbitmq) 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _lib as L  # noqa: E402
+import loadclient  # noqa: E402
 
 TARGET = 20000
 RK = "bench.publish.dialog"
@@ -39,91 +37,15 @@ ROUTES = """
 """
 
 
-# --------------------------------------------------------------------------- client process
-def client_main(a: argparse.Namespace) -> None:
-    bodies = [L.compact(L.kazoo_event(a.offset + i, "bench", "publish")) for i in range(1000)]
-    if a.sync:
-        from kazoo_amqp import Client
-
-        client = Client(a.socket, timeout=30.0)
-        client.ping()
-        L.wait_go()
-        c0 = time.process_time()
-        lat: list[float] = []
-        errors = 0
-        deadline = time.monotonic() + a.deadline
-        t0 = time.monotonic()
-        for i in range(a.count):
-            if time.monotonic() > deadline:
-                break
-            t = time.perf_counter()
-            try:
-                client.publish(a.exchange, RK, bodies[i % 1000])
-            except Exception:
-                errors += 1
-                continue
-            lat.append((time.perf_counter() - t) * 1000)
-        t1 = time.monotonic()
-        client.close()
-        print(json.dumps({"start": t0, "end": t1, "done": len(lat), "errors": errors,
-                          "cpu_s": time.process_time() - c0,
-                          "lat_ms": [round(x, 4) for x in lat]}), flush=True)
-        return
-    asyncio.run(_async_client(a, bodies))
-
-
-async def _async_client(a: argparse.Namespace, bodies: list[str]) -> None:
-    from kazoo_amqp import AsyncClient
-
-    client = AsyncClient(a.socket, timeout=30.0)
-    await client.connect()
-    await client.ping()
-    L.wait_go()
-    c0 = time.process_time()
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    state = {"next": 0}
-    deadline = time.monotonic() + a.deadline
-    perf = time.perf_counter
-
-    async def one_lane() -> None:
-        while state["next"] < a.count and time.monotonic() < deadline:
-            i = state["next"]
-            state["next"] = i + 1
-            t = perf()
-            try:
-                await client.publish(a.exchange, RK, bodies[i % 1000])
-            except Exception as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                continue
-            lat.append((perf() - t) * 1000)
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(one_lane() for _ in range(a.concurrency)))
-    t1 = time.monotonic()
-    await client.close()
-    print(json.dumps({"start": t0, "end": t1, "done": len(lat), "errors": errors,
-                      "cpu_s": time.process_time() - c0, "lat_ms": [round(x, 4) for x in lat]}), flush=True)
-
-
-def spawn_client(socket_path: str, exchange: str, count: int, *, concurrency: int, offset: int,
-                 sync: bool = False, deadline: float = 120.0) -> L.Child:
-    args = [__file__, "--client", "--socket", socket_path, "--exchange", exchange,
-            "--count", str(count), "--concurrency", str(concurrency), "--offset", str(offset),
-            "--deadline", str(deadline)]
-    if sync:
-        args.append("--sync")
-    return L.Child(args, "publish-client")
-
-
 # --------------------------------------------------------------------------- one run
 def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n: int, procs: int,
              concurrency: int, sync: bool, profile: bool) -> dict:
     broker.purge(sink)
     per = n // procs
     n = per * procs
-    clients = [spawn_client(daemon.socket, exchange, per, concurrency=concurrency,
-                            offset=k * per, sync=sync) for k in range(procs)]
+    clients = [loadclient.spawn(daemon.socket, "publish", exchange, RK, per,
+                                concurrency=concurrency, offset=k * per, sync=sync)
+               for k in range(procs)]
     for c in clients:
         c.wait_ready()
     workers = daemon.worker_pids()
@@ -187,22 +109,14 @@ def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--socket", help=argparse.SUPPRESS)
-    ap.add_argument("--exchange", help=argparse.SUPPRESS)
-    ap.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--deadline", type=float, default=120.0, help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=None, help="messages per rep (default 100k)")
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=256, help="publishes in flight per process")
     ap.add_argument("--sync-count", type=int, default=None, help="p1_sync messages (default 5k)")
     L.common_args(ap)
     a = ap.parse_args()
-    if a.client:
-        client_main(a)
-        return 0
 
     n = a.count or (20000 if a.quick else 100000)
     n_sync = a.sync_count or (2000 if a.quick else 5000)

@@ -7,6 +7,8 @@ Public API (importable with the standard library alone, e.g. in Kamailio's app_p
 * the error classes of ``kazoo_amqp.errors``.
 """
 
+from typing import TYPE_CHECKING
+
 from kazoo_amqp.errors import (
     BadPath,
     BadPayload,
@@ -26,10 +28,32 @@ from kazoo_amqp.errors import (
     ShuttingDown,
     UsageError,
 )
-from kazoo_amqp.ipc.client import AsyncClient, Client
-from kazoo_amqp.workers.router import Router
+
+if TYPE_CHECKING:
+    from kazoo_amqp.ipc.aclient import AsyncClient
+    from kazoo_amqp.ipc.client import Client
+    from kazoo_amqp.workers.router import Router
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Client": "kazoo_amqp.ipc.client",
+    "AsyncClient": "kazoo_amqp.ipc.aclient",
+    "Router": "kazoo_amqp.workers.router",
+}
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use so that ``import kazoo_amqp`` stays cheap: a Kamailio SIP worker
+    # using ``Client`` never loads asyncio (about 10 MB per process).
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kazoo_amqp' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AsyncClient",

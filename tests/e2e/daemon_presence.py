@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from kamailio.harness import KamailioPresence
+from kamailio.harness import LOCALHOST, KamailioPresence, Watcher, free_media_port, free_udp_ports
 
 from tests.conftest import find_shared_dir
 from tests.integration.daemon_harness import DaemonProcess, pika_connection, unique
@@ -232,3 +233,116 @@ def corpus_payload(name_prefix: str, *, user: str, realm: str,
     last = user if kind == "mwi_updates" else call_id
     routing_key = f"{kind}.{realm.replace('.', '%2E')}.{last}"
     return routing_key, p
+
+
+# ------------------------------------------------------------------------ a watcher for bursts
+
+_LOOP_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<!-- SUBSCRIBE once, then answer every NOTIFY with 200 until killed (no un-SUBSCRIBE). -->
+<scenario name="kazoo-amqp e2e SUBSCRIBE loop">
+  <send retrans="500">
+    <![CDATA[
+
+      SUBSCRIBE sip:[service]@[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:watcher-[pid]@[domain]>;tag=[pid]SIPpTag[call_number]
+      To: <sip:[service]@[domain]>
+      Call-ID: [call_id]
+      CSeq: 1 SUBSCRIBE
+      Contact: <sip:watcher-[pid]@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Event: @@EVENT@@
+      Accept: @@ACCEPT@@
+      Expires: 300
+      User-Agent: kazoo-amqp-e2e-sipp
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="202" optional="true" next="subscribed"/>
+  <recv response="200"/>
+  <label id="subscribed"/>
+  <label id="wait"/>
+  <recv request="NOTIFY"/>
+  <send next="wait">
+    <action>
+      <log message="=== SIPP NOTIFY BEGIN ==="/>
+      <log message="[last_message]"/>
+      <log message="=== SIPP NOTIFY END ==="/>
+    </action>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:watcher-[pid]@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"""
+
+_ACCEPT = {
+    "dialog": "application/dialog-info+xml",
+    "message-summary": "application/simple-message-summary",
+    "presence": "application/pidf+xml",
+}
+
+
+class BurstWatcher(Watcher):
+    """A SIPp watcher that keeps answering NOTIFYs, however close together, until stopped.
+
+    The harness' :class:`Watcher` runs SIPp with ``-default_behaviors abortunexp`` and has
+    ``<nop>`` steps between receiving a NOTIFY and answering it: a second NOTIFY arriving in
+    that window (Kamailio sends one per refresh, microseconds apart when the daemon refreshes
+    back to back) aborts the call. This one answers straight from the ``<recv>`` and runs
+    without ``abortunexp``: a NOTIFY that still lands in the gap is ignored and Kamailio's
+    transaction layer retransmits it 500 ms later, so none is lost. It never un-SUBSCRIBEs;
+    stop it with :meth:`stop` (the harness also stops it with Kamailio). Use
+    ``wait_subscribed``, ``notifies`` and ``wait_notify_bodies(count=...)`` as usual.
+    """
+
+    def _render_scenario(self) -> None:
+        text = _LOOP_SCENARIO.replace("@@EVENT@@", self.event)
+        self.scenario_path.write_text(text.replace("@@ACCEPT@@", _ACCEPT[self.event]))
+
+    def start(self) -> BurstWatcher:
+        from kamailio.harness import HarnessError, sipp_binary
+
+        if self.proc is not None:
+            raise HarnessError("watcher already started")
+        if self.harness.proc is None:
+            raise HarnessError("Kamailio is not running")
+        sipp = sipp_binary()
+        if sipp is None:
+            raise HarnessError("sipp not installed")
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self._render_scenario()
+        self.port, ctrl = free_udp_ports(2)
+        media = free_media_port()
+        args = [
+            sipp, f"{LOCALHOST}:{self.harness.sip_port}",
+            "-sf", str(self.scenario_path),
+            "-s", self.user, "-key", "domain", self.domain,
+            "-i", LOCALHOST, "-p", str(self.port),
+            "-mi", LOCALHOST, "-mp", str(media), "-cp", str(ctrl),
+            "-m", "1", "-l", "1",
+            "-timeout", f"{int(self.total_timeout)}s", "-timeout_error",
+            "-nostdin", "-default_behaviors", "pingreply",
+            "-trace_logs", "-log_file", str(self.log_path),
+            "-trace_msg", "-message_file", str(self.msg_path),
+            "-trace_err", "-error_file", str(self.err_path),
+        ]  # fmt: skip
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.dir, start_new_session=True,
+            )  # fmt: skip
+        self._deadline = time.monotonic() + self.total_timeout + 5
+        self.harness._watchers.append(self)
+        return self

@@ -77,6 +77,16 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_broker: bool = True, timeout: float = 20.0) -> DaemonProcess:
+        try:
+            return self._start(wait_broker=wait_broker, timeout=timeout)
+        except BaseException:
+            # Never leave a daemon (and its workers) behind when start-up fails.
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            raise
+
+    def _start(self, *, wait_broker: bool, timeout: float) -> DaemonProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO / "src")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()

@@ -17,7 +17,6 @@ Rules of the loop:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import inspect
 import logging
 import os
@@ -54,7 +53,7 @@ class WorkerServices:
         self._client: Any = None
         self._aclient: Any = None
         self._presence: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: Any = None
         # Presence writes made while a batch of deliveries runs are committed together at the
         # end of the batch (one short transaction, in order), before those deliveries are acked.
         self.batching = False
@@ -70,7 +69,7 @@ class WorkerServices:
 
     def _async(self) -> Any:
         if self._aclient is None:
-            from kazoo_amqp.ipc.client import AsyncClient
+            from kazoo_amqp.ipc.aclient import AsyncClient
 
             self._aclient = AsyncClient(self.settings.socket)
         return self._aclient
@@ -199,7 +198,7 @@ class Worker:
         self.default_key = settings.amqp_consumer_event_key
         self.default_subkey = settings.amqp_consumer_event_subkey
         self.counters = {o.name.lower(): 0 for o in pipe.Outcome}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None  # an asyncio loop, created for the first async route
 
     # -- one message ------------------------------------------------------------------
     def handle_delivery(self, d: pipe.DeliveryFrame, now: int) -> int:
@@ -294,8 +293,10 @@ class Worker:
         self.counters[outcome.name.lower()] += 1
         return int(outcome)
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
+    def _event_loop(self) -> Any:
         if self._loop is None:
+            import asyncio  # only workers with async routes pay for asyncio
+
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self.services.loop = self._loop

@@ -1,0 +1,297 @@
+"""``AsyncClient``: the local socket API for asyncio programs.
+
+Same methods as ``kazoo_amqp.ipc.client.Client`` but as coroutines, with one connection shared by
+concurrent callers: requests are pipelined with ids and replies resolve futures by id. Kept apart
+from ``Client`` so that blocking users (Kamailio's app_python3, worker processes) never import
+asyncio, which costs about 10 MB per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from kazoo_amqp.core.framing import FrameDecoder
+from kazoo_amqp.core.wire import Response, decode_response, encode_request
+from kazoo_amqp.errors import KazooError, NotConnected, ProtocolError
+from kazoo_amqp.ipc.client import (
+    _ID_MASK,
+    Payload,
+    _connect_error,
+    _dict_result,
+    _lost,
+    _no_answer,
+    _package_arg,
+    _payload_text,
+    _query_result,
+    _query_wait,
+    _text_arg,
+)
+
+__all__ = ["AsyncClient"]
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """The connection of one :class:`AsyncClient`: coalesced writes, replies matched by id."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future[Response]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        self._out.clear()
+        self.fail_all(None)
+        self._wake_writers()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail_all(exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        pending = self.pending
+        for frame in frames:
+            try:
+                response = decode_response(frame)
+            except ProtocolError as exc:
+                self.fail_all(exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            future = pending.pop(response.id, None) if response.id is not None else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(response)
+            elif response.id is None and not response.ok:
+                # The daemon could not read one of our frames: it cannot say which, so every
+                # request in flight is failed rather than left to time out.
+                self.fail_all(response.error())
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        writable = self._writable
+        self._writable = None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    async def writable(self) -> None:
+        """Wait while the daemon is not reading (the transport's buffer is full)."""
+        while self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def send(self, frame: bytes) -> None:
+        out = self._out
+        if not out and len(self.pending) <= 1 and self.transport is not None:
+            self.transport.write(frame)  # alone in flight: no one to coalesce with, no extra turn
+            return
+        out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.transport is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.transport.write(data)
+
+    def fail_all(self, exc: KazooError | None) -> None:
+        pending = self.pending
+        self.pending = {}
+        for request_id, future in pending.items():
+            if not future.done():
+                future.set_exception(
+                    exc if exc is not None else _lost(self.path, f"request {request_id}")
+                )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+
+def _expire(future: asyncio.Future[Response], error: Callable[[], KazooError]) -> None:
+    if not future.done():
+        future.set_exception(error())
+
+
+class AsyncClient:
+    """Asyncio client; one pipelined connection shared by every concurrent caller.
+
+    >>> async with AsyncClient("/run/kazoo-amqp/kazoo-amqp.sock") as kz:   # doctest: +SKIP
+    ...     await kz.publish("callmgr", "route.req", {"Event-Name": "x"})
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._protocol: _ClientProtocol | None = None
+        self._connect_lock = asyncio.Lock()
+        self._next_id = 0
+        self._pid = os.getpid()
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # ---- API
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish ``payload``; return once the broker confirmed it or the daemon buffered it."""
+        result = await self._call(
+            "publish",
+            self._timeout,
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+        )
+        return _dict_result("publish", result)
+
+    async def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        result = await self._call(
+            "query",
+            _query_wait(timeout_ms),
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+            timeout_ms=timeout_ms,
+        )
+        return _query_result(result)
+
+    async def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
+        """Write the presentity update in ``payload``."""
+        result = await self._call(
+            "pua_publish",
+            self._timeout,
+            payload=_payload_text(payload),
+            package=_package_arg(package),
+        )
+        return _dict_result("pua_publish", result)
+
+    async def status(self) -> dict[str, Any]:
+        """The daemon's status snapshot."""
+        return _dict_result("status", await self._call("status", self._timeout))
+
+    async def ping(self) -> bool:
+        """True when the daemon answers; False (never an exception) when it does not."""
+        try:
+            return await self._call("ping", self._timeout) is True
+        except KazooError:
+            return False
+
+    async def connect(self) -> None:
+        """Open the connection now instead of on the first call (raises NotConnected)."""
+        await self._connection()
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting get NotConnected. The client is done."""
+        self._closed = True
+        protocol = self._protocol
+        self._protocol = None
+        if protocol is not None:
+            protocol.fail_all(NotConnected(f"the client of {self._path} was closed"))
+            protocol.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- machinery
+
+    async def _connection(self) -> _ClientProtocol:
+        if self._pid != os.getpid():  # forked: the connection and its loop are the parent's
+            self._protocol = None
+            self._connect_lock = asyncio.Lock()
+            self._pid = os.getpid()
+        async with self._connect_lock:
+            if self._closed:
+                raise NotConnected(f"the client of {self._path} is closed")
+            current = self._protocol
+            if current is not None and not current.lost:
+                return current
+            loop = asyncio.get_running_loop()
+            path = self._path
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_unix_connection(lambda: _ClientProtocol(path), path),
+                    self._timeout,
+                )
+            except OSError as exc:  # TimeoutError included
+                raise _connect_error(path, exc) from None
+            self._protocol = protocol
+            return protocol
+
+    async def _call(self, op: str, wait: float, **fields: Any) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.lost or self._pid != os.getpid():
+            protocol = await self._connection()
+        self._next_id = request_id = (self._next_id + 1) & _ID_MASK
+        frame = encode_request(request_id, op, **fields)
+        await protocol.writable()
+        if protocol.lost:
+            raise _lost(self._path, op)  # lost while waiting to write; nothing was sent
+        loop = protocol.loop
+        future: asyncio.Future[Response] = loop.create_future()
+        protocol.pending[request_id] = future
+        protocol.send(frame)
+        path = self._path
+        timer = loop.call_later(wait, _expire, future, lambda: _no_answer(path, op, wait))
+        try:
+            response = await future
+        finally:
+            timer.cancel()
+            protocol.pending.pop(request_id, None)
+        if response.ok:
+            return response.result
+        raise response.error()
