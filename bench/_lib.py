@@ -142,6 +142,11 @@ class Broker:
             self.exchanges.append(name)
         return name
 
+    def exchange_targeted(self) -> None:
+        """``targeted`` (direct, non-durable, as the daemon and the C module declare it). Shared
+        with every other Kazoo node on the broker, so it is never deleted by ``cleanup``."""
+        self._channel().exchange_declare("targeted", "direct", durable=False, auto_delete=False)
+
     def queue(self, name: str, *, exchange: str | None = None, keys: Iterable[str] = ("#",),
               auto_delete: bool = False, purge: bool = True) -> str:
         ch = self._channel()
@@ -264,6 +269,21 @@ def mem_kb(pid: int) -> tuple[int | None, int | None]:
     except OSError:
         pass
     return rss, pss
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        if int(s[s.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(p))
+    return sorted(out)
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -404,6 +424,7 @@ class Daemon:
         self.log_path = self.dir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.started_mono = 0.0
         self._log: Any = None
 
     def env(self) -> dict[str, str]:
@@ -413,15 +434,35 @@ class Daemon:
         return subprocess.run([PY, "-m", "kazoo_amqp", *args], cwd=self.dir, env=self.env(),
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, timeout: float = 30.0) -> Daemon:
-        from kazoo_amqp import Client
-
+    def launch(self) -> Daemon:
+        """Start the process and return at once (``start`` also waits until it is ready)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started_at = time.perf_counter()
+        self.started_mono = time.monotonic()
         self.proc = subprocess.Popen(
             [PY, "-m", "kazoo_amqp", "run", "--config", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.dir,
         )
+        return self
+
+    def children(self, count: int, timeout: float = 20.0) -> list[int]:
+        """The pids of the worker processes, found in /proc (works before the socket answers)."""
+        deadline = time.monotonic() + timeout
+        found: list[int] = []
+        while time.monotonic() < deadline:
+            found = children_of(self.pid)
+            if len(found) >= count:
+                return found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
+            time.sleep(0.01)
+        raise RuntimeError(f"found {len(found)} of {count} workers in {timeout}s")
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        from kazoo_amqp import Client
+
+        self.launch()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -43,7 +43,7 @@ DIALOG_ROUTE = "kazoo:consumer-event-presence-dialog-update"
 PRESENCE_ROUTE = "kazoo:consumer-event-presence-update"
 MWI_ROUTE = "kazoo:consumer-event-presence-mwi-update"
 
-PRESENCE_ROUTES = '''
+PRESENCE_ROUTES = """
 @router.route("kazoo:mod-init")
 def init(kz):
     kz.subscribe({{
@@ -77,7 +77,7 @@ def presence_update(kz):
 @router.route("kazoo:consumer-event-presence-mwi-update")
 def mwi_update(kz):
     _publish(kz, kz.pua_publish_mwi)
-'''
+"""
 
 
 class PresenceDaemon:
@@ -96,7 +96,9 @@ class PresenceDaemon:
             ch = conn.channel()
             ch.confirm_delivery()
             ch.basic_publish(
-                self.exchange, routing_key, json.dumps(payload).encode(),
+                self.exchange,
+                routing_key,
+                json.dumps(payload).encode(),
                 pika.BasicProperties(content_type="application/json"),
                 mandatory=True,
             )
@@ -111,7 +113,9 @@ class PresenceDaemon:
             ch.confirm_delivery()
             for routing_key, payload in messages:
                 ch.basic_publish(
-                    self.exchange, routing_key, json.dumps(payload).encode(),
+                    self.exchange,
+                    routing_key,
+                    json.dumps(payload).encode(),
                     pika.BasicProperties(content_type="application/json"),
                     mandatory=True,
                 )
@@ -122,13 +126,16 @@ class PresenceDaemon:
     def results(self, route: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.daemon.events() if route is None or e["route"] == route]
 
-    def wait_results(self, count: int, route: str | None = None,
-                     timeout: float = 15.0) -> list[dict[str, Any]]:
+    def wait_results(
+        self, count: int, route: str | None = None, timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
         return self.daemon.wait_events(count, timeout=timeout, route=route)
 
     def diagnostics(self) -> str:
-        return (f"--- route results:\n{json.dumps(self.results(), indent=1)[-3000:]}\n"
-                f"--- daemon log tail:\n{self.daemon.logs()[-3000:]}")
+        return (
+            f"--- route results:\n{json.dumps(self.results(), indent=1)[-3000:]}\n"
+            f"--- daemon log tail:\n{self.daemon.logs()[-3000:]}"
+        )
 
 
 def wait_consumer(queue: str, timeout: float = 15.0) -> None:
@@ -152,8 +159,9 @@ def wait_consumer(queue: str, timeout: float = 15.0) -> None:
         conn.close()
 
 
-def presence_daemon(kam: KamailioPresence, run_dir: Path, *, workers: int = 2,
-                    config: dict[str, Any] | None = None) -> PresenceDaemon:
+def presence_daemon(
+    kam: KamailioPresence, run_dir: Path, *, workers: int = 2, config: dict[str, Any] | None = None
+) -> PresenceDaemon:
     """Start the daemon writing Kamailio's presentity DB and refreshing its watchers.
 
     The caller stops it with ``.daemon.stop()`` (or ``with ...daemon:`` after start).
@@ -167,8 +175,9 @@ def presence_daemon(kam: KamailioPresence, run_dir: Path, *, workers: int = 2,
         "log_level": "info",
         **(config or {}),
     }
-    daemon = DaemonProcess(run_dir, PRESENCE_ROUTES.format(exchange=exchange, queue=queue),
-                           config=cfg, workers=workers)
+    daemon = DaemonProcess(
+        run_dir, PRESENCE_ROUTES.format(exchange=exchange, queue=queue), config=cfg, workers=workers
+    )
     daemon.start()
     try:
         wait_consumer(queue)
@@ -194,8 +203,9 @@ def corpus_case(name_prefix: str) -> dict[str, Any]:
     return case
 
 
-def corpus_payload(name_prefix: str, *, user: str, realm: str,
-                   call_id: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+def corpus_payload(
+    name_prefix: str, *, user: str, realm: str, call_id: str | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
     """A corpus payload re-targeted at ``user@realm``: ``(routing_key, payload)``.
 
     The presentity of the case (``From-User`` / ``From-Realm``) becomes ``user`` / ``realm``

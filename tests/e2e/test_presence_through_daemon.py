@@ -24,9 +24,9 @@ from kamailio.harness import KamailioPresence, Watcher
 
 from tests.e2e.daemon_presence import (
     DIALOG_ROUTE,
-    BurstWatcher,
     MWI_ROUTE,
     PRESENCE_ROUTE,
+    BurstWatcher,
     PresenceDaemon,
     corpus_payload,
     presence_daemon,
@@ -51,7 +51,9 @@ def rabbitmq_up() -> None:
 
 @pytest.fixture
 def pd(
-    kamailio_presence: KamailioPresence, tmp_path: Path, rabbitmq_up: None,
+    kamailio_presence: KamailioPresence,
+    tmp_path: Path,
+    rabbitmq_up: None,
     request: pytest.FixtureRequest,
 ) -> Iterator[PresenceDaemon]:
     """The daemon in front of the test's Kamailio; stopped (exit code 0) at teardown."""
@@ -149,8 +151,9 @@ def test_dialog_early_confirmed_terminated_arrive_in_order(
     call_id = f"e2e-seq-{uuid.uuid4().hex}"
     messages = [
         corpus_payload("01-", user=USER, realm=DOMAIN, call_id=call_id),
-        corpus_payload("03-", user=USER, realm=DOMAIN, call_id=call_id,
-                       State="confirmed", Expires=0),
+        corpus_payload(
+            "03-", user=USER, realm=DOMAIN, call_id=call_id, State="confirmed", Expires=0
+        ),
         corpus_payload("03-", user=USER, realm=DOMAIN, call_id=call_id),
     ]
     order = ["early", "confirmed", "terminated"]
@@ -205,9 +208,7 @@ def test_mwi_update_reaches_the_watcher(
 
     # the corpus' body_exact, re-targeted; byte for byte, CRLFs intact
     assert bodies[0] == (
-        "Messages-Waiting: yes\r\n"
-        f"Message-Account: {URI}\r\n"
-        "Voice-Message: 2/5 (0/0)\r\n"
+        f"Messages-Waiting: yes\r\nMessage-Account: {URI}\r\nVoice-Message: 2/5 (0/0)\r\n"
     )
     assert w.notifies()[1].content_type == "application/simple-message-summary"
     (res,) = _route_ok(pd, MWI_ROUTE, 1)
@@ -217,9 +218,7 @@ def test_mwi_update_reaches_the_watcher(
 # --------------------------------------------------------------------------- presence
 
 
-def test_presence_open_then_closed(
-    kamailio_presence: KamailioPresence, pd: PresenceDaemon
-) -> None:
+def test_presence_open_then_closed(kamailio_presence: KamailioPresence, pd: PresenceDaemon) -> None:
     kam = kamailio_presence
     # corpus 05: manual presence "confirmed" -> open (On the Phone);
     # corpus 06: probe reply "offline" -> closed

@@ -28,10 +28,14 @@ def port_open(port: int) -> bool:
 class RabbitNode:
     """One throw-away RabbitMQ node listening on 127.0.0.1:<port>."""
 
-    def __init__(self, base: Path, name: str, port: int | None = None) -> None:
+    def __init__(self, base: Path, name: str, port: int | None = None,
+                 *, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls`` = (ca, cert, key) files: listen with TLS on ``tls_port`` as well."""
         self.dir = base / name
         self.name = name
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
         self.dist_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -46,7 +50,16 @@ class RabbitNode:
     def start(self, timeout: float = 60.0) -> RabbitNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "rabbitmq.conf"
-        conf.write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        text = f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        if self.tls:
+            ca, cert, key = self.tls
+            text += (
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\n"
+                f"ssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        conf.write_text(text)
         (self.dir / "env.conf").write_text("")
         (self.dir / "enabled_plugins").write_text("[].\n")
         env = dict(os.environ)
@@ -76,7 +89,7 @@ class RabbitNode:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"RabbitMQ node {self.name} exited:\n{self.console()}")
-            if port_open(self.port):
+            if port_open(self.port) and (not self.tls or port_open(self.tls_port)):
                 time.sleep(0.3)
                 return self
             time.sleep(0.2)

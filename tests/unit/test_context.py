@@ -46,23 +46,37 @@ class FakeServices:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)
 
-    def publish(self, exchange: str, routing_key: str, payload: Any,
-                headers: str | None) -> dict[str, Any]:
+    def publish(
+        self, exchange: str, routing_key: str, payload: Any, headers: str | None
+    ) -> dict[str, Any]:
         self.calls.append(("publish", exchange, routing_key, payload, headers))
         return {"call": "publish"}
 
-    def query(self, exchange: str, routing_key: str, payload: Any, timeout_ms: int | None,
-              headers: str | None) -> dict[str, Any]:
+    def query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Any,
+        timeout_ms: int | None,
+        headers: str | None,
+    ) -> dict[str, Any]:
         self.calls.append(("query", exchange, routing_key, payload, timeout_ms, headers))
         return {"call": "query"}
 
-    async def apublish(self, exchange: str, routing_key: str, payload: Any,
-                       headers: str | None) -> dict[str, Any]:
+    async def apublish(
+        self, exchange: str, routing_key: str, payload: Any, headers: str | None
+    ) -> dict[str, Any]:
         self.calls.append(("apublish", exchange, routing_key, payload, headers))
         return {"call": "apublish"}
 
-    async def aquery(self, exchange: str, routing_key: str, payload: Any,
-                     timeout_ms: int | None, headers: str | None) -> dict[str, Any]:
+    async def aquery(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Any,
+        timeout_ms: int | None,
+        headers: str | None,
+    ) -> dict[str, Any]:
         self.calls.append(("aquery", exchange, routing_key, payload, timeout_ms, headers))
         return {"call": "aquery"}
 
@@ -75,8 +89,9 @@ class FakeServices:
 
 
 def _kz(payload: dict[str, Any] | None = None, **kwargs: Any) -> tuple[Kz, FakeServices]:
-    services = FakeServices(**{k: kwargs.pop(k) for k in ("escape_char", "encode_high_bytes")
-                               if k in kwargs})
+    services = FakeServices(
+        **{k: kwargs.pop(k) for k in ("escape_char", "encode_high_bytes") if k in kwargs}
+    )
     return Kz(services, payload=payload, **kwargs), services  # type: ignore[arg-type]
 
 
@@ -88,16 +103,29 @@ def test_defaults_describe_an_empty_event() -> None:
     """Without arguments: empty payload, body `{ }`, no routing key, exchange or name."""
     kz, _ = _kz()
     assert (kz.payload, kz.body, kz.routing_key, kz.exchange, kz.event_name, kz.redelivered) == (
-        {}, "{ }", None, None, "", False,
+        {},
+        "{ }",
+        None,
+        None,
+        "",
+        False,
     )
 
 
 def test_attributes_are_kept_as_given() -> None:
     """routing_key, exchange, event_name and redelivered are exposed unchanged."""
-    kz, _ = _kz({"a": 1}, routing_key="presence.update", exchange="presence",
-                event_name="kazoo:consumer-event-presence-update", redelivered=True)
+    kz, _ = _kz(
+        {"a": 1},
+        routing_key="presence.update",
+        exchange="presence",
+        event_name="kazoo:consumer-event-presence-update",
+        redelivered=True,
+    )
     assert (kz.routing_key, kz.exchange, kz.event_name, kz.redelivered) == (
-        "presence.update", "presence", "kazoo:consumer-event-presence-update", True,
+        "presence.update",
+        "presence",
+        "kazoo:consumer-event-presence-update",
+        True,
     )
     assert repr(kz) == "<Kz kazoo:consumer-event-presence-update rk='presence.update'>"
 
@@ -105,14 +133,18 @@ def test_attributes_are_kept_as_given() -> None:
 # (id, payload text parsed with jsonc, body)
 BODIES: list[tuple[str, str, str]] = [
     ("spec-15.2-document-D", D_TEXT, D_DUMPED),
-    ("R-1-received",
-     '{"Event-Category":"presence","Msg-ID":"abc","AMQP-Received":1700000000,'
-     '"Server-ID":"consumer://2/kamailio@x-<1>-targeted-3"}',
-     '{ "Event-Category": "presence", "Msg-ID": "abc", "AMQP-Received": 1700000000, '
-     '"Server-ID": "consumer:\\/\\/2\\/kamailio@x-<1>-targeted-3" }'),
-    ("connection-event", '{"Event-Category":"connection","Event-Name":"open","host":"h",'
-     '"zone":"local"}',
-     '{ "Event-Category": "connection", "Event-Name": "open", "host": "h", "zone": "local" }'),
+    (
+        "R-1-received",
+        '{"Event-Category":"presence","Msg-ID":"abc","AMQP-Received":1700000000,'
+        '"Server-ID":"consumer://2/kamailio@x-<1>-targeted-3"}',
+        '{ "Event-Category": "presence", "Msg-ID": "abc", "AMQP-Received": 1700000000, '
+        '"Server-ID": "consumer:\\/\\/2\\/kamailio@x-<1>-targeted-3" }',
+    ),
+    (
+        "connection-event",
+        '{"Event-Category":"connection","Event-Name":"open","host":"h","zone":"local"}',
+        '{ "Event-Category": "connection", "Event-Name": "open", "host": "h", "zone": "local" }',
+    ),
 ]
 
 
@@ -146,19 +178,36 @@ DOC = {"Event-Category": "test"}
 
 # (id, method, args, kwargs, expected recorded call)
 SYNC_CALLS: list[tuple[str, str, tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = [
-    ("publish-defaults", "publish", ("ex", "rk", DOC), {},
-     ("publish", "ex", "rk", DOC, None)),
-    ("publish-headers", "publish", ("ex", "rk", '{"a":1}'), {"headers": "k=v"},
-     ("publish", "ex", "rk", '{"a":1}', "k=v")),
-    ("publish-positional-headers", "publish", ("ex", "rk", b"{}", "a=1;b=2"), {},
-     ("publish", "ex", "rk", b"{}", "a=1;b=2")),
-    ("query-defaults", "query", ("ex", "rk", DOC), {},
-     ("query", "ex", "rk", DOC, None, None)),
-    ("query-timeout-and-headers", "query", ("ex", "rk", DOC), {"timeout_ms": 250,
-                                                               "headers": "k=v"},
-     ("query", "ex", "rk", DOC, 250, "k=v")),
-    ("query-positional", "query", ("ex", "consumer://2/rk", DOC, 10, "h=1"), {},
-     ("query", "ex", "consumer://2/rk", DOC, 10, "h=1")),
+    ("publish-defaults", "publish", ("ex", "rk", DOC), {}, ("publish", "ex", "rk", DOC, None)),
+    (
+        "publish-headers",
+        "publish",
+        ("ex", "rk", '{"a":1}'),
+        {"headers": "k=v"},
+        ("publish", "ex", "rk", '{"a":1}', "k=v"),
+    ),
+    (
+        "publish-positional-headers",
+        "publish",
+        ("ex", "rk", b"{}", "a=1;b=2"),
+        {},
+        ("publish", "ex", "rk", b"{}", "a=1;b=2"),
+    ),
+    ("query-defaults", "query", ("ex", "rk", DOC), {}, ("query", "ex", "rk", DOC, None, None)),
+    (
+        "query-timeout-and-headers",
+        "query",
+        ("ex", "rk", DOC),
+        {"timeout_ms": 250, "headers": "k=v"},
+        ("query", "ex", "rk", DOC, 250, "k=v"),
+    ),
+    (
+        "query-positional",
+        "query",
+        ("ex", "consumer://2/rk", DOC, 10, "h=1"),
+        {},
+        ("query", "ex", "consumer://2/rk", DOC, 10, "h=1"),
+    ),
 ]
 
 
@@ -174,14 +223,22 @@ def test_publish_and_query_delegate_with_the_same_arguments(
 
 
 ASYNC_CALLS: list[tuple[str, str, tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = [
-    ("apublish-defaults", "apublish", ("ex", "rk", DOC), {},
-     ("apublish", "ex", "rk", DOC, None)),
-    ("apublish-headers", "apublish", ("ex", "rk", DOC), {"headers": "k=v"},
-     ("apublish", "ex", "rk", DOC, "k=v")),
-    ("aquery-defaults", "aquery", ("ex", "rk", DOC), {},
-     ("aquery", "ex", "rk", DOC, None, None)),
-    ("aquery-timeout-and-headers", "aquery", ("ex", "rk", DOC),
-     {"timeout_ms": 200, "headers": "k=v"}, ("aquery", "ex", "rk", DOC, 200, "k=v")),
+    ("apublish-defaults", "apublish", ("ex", "rk", DOC), {}, ("apublish", "ex", "rk", DOC, None)),
+    (
+        "apublish-headers",
+        "apublish",
+        ("ex", "rk", DOC),
+        {"headers": "k=v"},
+        ("apublish", "ex", "rk", DOC, "k=v"),
+    ),
+    ("aquery-defaults", "aquery", ("ex", "rk", DOC), {}, ("aquery", "ex", "rk", DOC, None, None)),
+    (
+        "aquery-timeout-and-headers",
+        "aquery",
+        ("ex", "rk", DOC),
+        {"timeout_ms": 200, "headers": "k=v"},
+        ("aquery", "ex", "rk", DOC, 200, "k=v"),
+    ),
 ]
 
 
@@ -237,30 +294,62 @@ def test_pua_publish_with_an_empty_dict_sends_that_dict_not_the_event() -> None:
 # Subscribe
 
 PRESENCE = {
-    "exchange": "presence", "type": "topic", "queue": "presence-dialog-h",
-    "routing": ["dialog.*.*", "update.*.*"], "exclusive": False, "federate": True,
+    "exchange": "presence",
+    "type": "topic",
+    "queue": "presence-dialog-h",
+    "routing": ["dialog.*.*", "update.*.*"],
+    "exclusive": False,
+    "federate": True,
 }
 
 # (id, args to kz.subscribe, expected Subscription)
 SUBSCRIBES: list[tuple[str, tuple[Any, ...], Subscription]] = [
     ("json-dict", (PRESENCE,), parse_subscription(PRESENCE)),
-    ("json-text-lenient",
-     ("{'exchange':'dialoginfo','type':'direct','queue':'BLF-QUEUE-h','routing':'BLF-h',}",),
-     Subscription(exchange=ExchangeDecl("dialoginfo", "direct"),
-                  queue=QueueDecl("BLF-QUEUE-h", auto_delete=True), routing_keys=("BLF-h",))),
-    ("json-no-ack-0",
-     ({"exchange": "x", "type": "topic", "queue": "q", "no_ack": 0, "durable": 1,
-       "auto_delete": 0},),
-     Subscription(exchange=ExchangeDecl("x", "topic", durable=True),
-                  queue=QueueDecl("q", durable=True, auto_delete=False), routing_keys=("",),
-                  ack_mode=AckMode.AFTER_HANDLER)),
-    ("four-args", ("nodes", "fanout", "nodes-h", ""),
-     Subscription(exchange=ExchangeDecl("nodes", "fanout"), queue=QueueDecl("nodes-h"),
-                  routing_keys=("",))),
-    ("four-args-routing-key", ("ex", "topic", "q", "a.#"),
-     subscription_from_args("ex", "topic", "q", "a.#")),
-    ("three-args-routing-defaults-empty", ("ex", "fanout", "q"),
-     subscription_from_args("ex", "fanout", "q", "")),
+    (
+        "json-text-lenient",
+        ("{'exchange':'dialoginfo','type':'direct','queue':'BLF-QUEUE-h','routing':'BLF-h',}",),
+        Subscription(
+            exchange=ExchangeDecl("dialoginfo", "direct"),
+            queue=QueueDecl("BLF-QUEUE-h", auto_delete=True),
+            routing_keys=("BLF-h",),
+        ),
+    ),
+    (
+        "json-no-ack-0",
+        (
+            {
+                "exchange": "x",
+                "type": "topic",
+                "queue": "q",
+                "no_ack": 0,
+                "durable": 1,
+                "auto_delete": 0,
+            },
+        ),
+        Subscription(
+            exchange=ExchangeDecl("x", "topic", durable=True),
+            queue=QueueDecl("q", durable=True, auto_delete=False),
+            routing_keys=("",),
+            ack_mode=AckMode.AFTER_HANDLER,
+        ),
+    ),
+    (
+        "four-args",
+        ("nodes", "fanout", "nodes-h", ""),
+        Subscription(
+            exchange=ExchangeDecl("nodes", "fanout"), queue=QueueDecl("nodes-h"), routing_keys=("",)
+        ),
+    ),
+    (
+        "four-args-routing-key",
+        ("ex", "topic", "q", "a.#"),
+        subscription_from_args("ex", "topic", "q", "a.#"),
+    ),
+    (
+        "three-args-routing-defaults-empty",
+        ("ex", "fanout", "q"),
+        subscription_from_args("ex", "fanout", "q", ""),
+    ),
 ]
 
 
@@ -280,12 +369,19 @@ def test_four_argument_subscribe_uses_c_defaults() -> None:
     kz.subscribe("ex", "fanout", "q", "")
     (sub,) = services.subscriptions
     assert sub == Subscription(
-        exchange=ExchangeDecl("ex", "fanout", passive=False, durable=False, auto_delete=False,
-                              internal=False),
+        exchange=ExchangeDecl(
+            "ex", "fanout", passive=False, durable=False, auto_delete=False, internal=False
+        ),
         queue=QueueDecl("q", passive=False, durable=False, exclusive=False, auto_delete=True),
-        routing_keys=("",), exchange_bindings=(), event_key=None, event_subkey=None,
-        ack_mode=AckMode.BROKER, federate=False, consistent_worker=False,
-        consistent_worker_key=None, prefetch=None,
+        routing_keys=("",),
+        exchange_bindings=(),
+        event_key=None,
+        event_subkey=None,
+        ack_mode=AckMode.BROKER,
+        federate=False,
+        consistent_worker=False,
+        consistent_worker_key=None,
+        prefetch=None,
     )
 
 
@@ -308,6 +404,18 @@ def test_subscribe_refuses_unusable_descriptions_before_reaching_the_services(
     with pytest.raises(UsageError, match=message):
         kz.subscribe(*args)
     assert services.subscriptions == []
+
+
+def test_subscribe_outside_mod_init_raises_what_the_services_raise() -> None:
+    """Kz does not judge the route itself: a worker's services refuse and the error propagates."""
+
+    class WorkerServices(FakeServices):
+        def subscribe(self, subscription: Subscription) -> None:
+            raise UsageError("kz.subscribe() only works in kazoo:mod-init")
+
+    kz = Kz(WorkerServices(), event_name="kazoo:consumer-event")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="only works in kazoo:mod-init"):
+        kz.subscribe(PRESENCE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +449,12 @@ D_PATHS: list[tuple[str, str, str, int]] = [
     ("index-out-of-range", "Channels[2].switch_url", "", 0),
     ("negative-index", "Channels[-1].switch_url", "", 0),
     ("atoi-index", "Channels[x].switch_url", "sip:a@b", 0),
-    ("array", "Channels",
-     '[ { "switch_url": "sip:a@b", "n": 1 }, { "switch_url": "sip:c@d" } ]', 2),
+    (
+        "array",
+        "Channels",
+        '[ { "switch_url": "sip:a@b", "n": 1 }, { "switch_url": "sip:c@d" } ]',
+        2,
+    ),
     ("escaped-dot", "a.b%c", "dot", 0),
     ("nested-bool", "a.x.y", "true", 0),
     ("trailing-dot", "a.", '{ "b.c": "dot", "x": { "y": true } }', 0),

@@ -78,12 +78,30 @@ def test_node_name_is_kamailio_at_hostname(hostname: str, expected: str) -> None
 
 # (id, hostname, server id, channel index or None for the default, Server-ID, reply queue)
 ADDRESSING: list[tuple[str, str, int, int | None, str, str]] = [
-    ("server1-default-index", HOST, 1, None,
-     "kamailio@sip1.example.com-<1>-targeted-0", "kamailio@sip1.example.com-<1-0>"),
-    ("server1-index0", HOST, 1, 0,
-     "kamailio@sip1.example.com-<1>-targeted-0", "kamailio@sip1.example.com-<1-0>"),
-    ("spec-15.8-server3-channel7", HOST, 3, 7,
-     "kamailio@sip1.example.com-<3>-targeted-7", "kamailio@sip1.example.com-<3-7>"),
+    (
+        "server1-default-index",
+        HOST,
+        1,
+        None,
+        "kamailio@sip1.example.com-<1>-targeted-0",
+        "kamailio@sip1.example.com-<1-0>",
+    ),
+    (
+        "server1-index0",
+        HOST,
+        1,
+        0,
+        "kamailio@sip1.example.com-<1>-targeted-0",
+        "kamailio@sip1.example.com-<1-0>",
+    ),
+    (
+        "spec-15.8-server3-channel7",
+        HOST,
+        3,
+        7,
+        "kamailio@sip1.example.com-<3>-targeted-7",
+        "kamailio@sip1.example.com-<3-7>",
+    ),
     ("two-digit-ids", "h", 12, 49, "kamailio@h-<12>-targeted-49", "kamailio@h-<12-49>"),
 ]
 
@@ -133,9 +151,7 @@ ROUTING_KEY_LENGTHS: list[tuple[str, str, bool]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("key", "accepted"), **_table(ROUTING_KEY_LENGTHS)
-)
+@pytest.mark.parametrize(("key", "accepted"), **_table(ROUTING_KEY_LENGTHS))
 def test_check_routing_key_counts_utf8_bytes_not_characters(key: str, accepted: bool) -> None:
     """Keys up to 255 UTF-8 bytes (prefix included) pass and come back as bytes; longer raise."""
     if accepted:
@@ -195,9 +211,7 @@ MALFORMED_CONSUMER_PREFIXES: list[tuple[str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("key",), **_table(MALFORMED_CONSUMER_PREFIXES)
-)
+@pytest.mark.parametrize(("key",), **_table(MALFORMED_CONSUMER_PREFIXES))
 def test_split_consumer_prefix_refuses_what_c_silently_drops(key: str) -> None:
     """No `/` after the prefix, or an empty id, raises BadRoutingKey naming the expected form."""
     with pytest.raises(BadRoutingKey, match=r"consumer://<id>/<routing key>") as info:
@@ -220,8 +234,7 @@ def test_split_consumer_prefix_skips_only_c_whitespace_like_atoi(junk: str) -> N
 # Field injection on publish (§3.1 step 6, §6.3, P-1..P-3)
 
 P1_IN = (
-    '{"Event-Category":"directory","Event-Name":"reg_success",'
-    '"Contact":"<sip:1000@10.0.0.1:5060>"}'
+    '{"Event-Category":"directory","Event-Name":"reg_success","Contact":"<sip:1000@10.0.0.1:5060>"}'
 )
 P1_OUT = (
     '{ "Event-Category": "directory", "Event-Name": "reg_success", '
@@ -254,9 +267,7 @@ PUBLISH_VECTORS: list[tuple[str, str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "body", "msg_id"), **_table(PUBLISH_VECTORS)
-)
+@pytest.mark.parametrize(("text", "body", "msg_id"), **_table(PUBLISH_VECTORS))
 def test_publish_vectors_give_the_exact_published_body(text: str, body: str, msg_id: str) -> None:
     """inject_common_fields + inject_server_id + jsonc.dumps reproduce §15.4 byte for byte."""
     assert _publish_body(text) == (body, msg_id)
@@ -268,8 +279,12 @@ INJECTIONS: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         "empty-doc-gets-all-four-in-order",
         {},
         ["App-Name", "App-Version", "Node", "Msg-ID"],
-        {"App-Name": "kamailio", "App-Version": "5.6.3", "Node": f"kamailio@{HOST}",
-         "Msg-ID": UUID},
+        {
+            "App-Name": "kamailio",
+            "App-Version": "5.6.3",
+            "Node": f"kamailio@{HOST}",
+            "Msg-ID": UUID,
+        },
     ),
     (
         "new-keys-appended-after-callers",
@@ -304,9 +319,7 @@ INJECTIONS: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("doc", "keys", "changed"), **_table(INJECTIONS)
-)
+@pytest.mark.parametrize(("doc", "keys", "changed"), **_table(INJECTIONS))
 def test_inject_common_fields_adds_absent_keys_in_c_order(
     doc: dict[str, Any], keys: list[str], changed: dict[str, Any]
 ) -> None:
@@ -314,8 +327,14 @@ def test_inject_common_fields_adds_absent_keys_in_c_order(
     before = dict(doc)
     inject_common_fields(doc, msg_id=UUID, **COMMON)
     assert list(doc) == keys
-    expected = {"App-Name": "kamailio", "App-Version": "5.6.3", "Node": f"kamailio@{HOST}",
-                "Msg-ID": UUID, **{k: v for k, v in before.items() if v is not None}, **changed}
+    expected = {
+        "App-Name": "kamailio",
+        "App-Version": "5.6.3",
+        "Node": f"kamailio@{HOST}",
+        "Msg-ID": UUID,
+        **{k: v for k, v in before.items() if v is not None},
+        **changed,
+    }
     assert doc == expected
 
 
@@ -330,9 +349,7 @@ MSG_ID_RETURNS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("doc", "returned"), **_table(MSG_ID_RETURNS)
-)
+@pytest.mark.parametrize(("doc", "returned"), **_table(MSG_ID_RETURNS))
 def test_inject_common_fields_returns_the_msg_id_the_message_carries(
     doc: dict[str, Any], returned: str
 ) -> None:
@@ -363,9 +380,7 @@ SERVER_IDS: list[tuple[str, dict[str, Any], Any, bool, list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("doc", "value", "set_here", "keys"), **_table(SERVER_IDS)
-)
+@pytest.mark.parametrize(("doc", "value", "set_here", "keys"), **_table(SERVER_IDS))
 def test_inject_server_id_sets_only_absent_or_null(
     doc: dict[str, Any], value: Any, set_here: bool, keys: list[str]
 ) -> None:
@@ -450,9 +465,7 @@ RECEIVE_VECTORS: list[tuple[str, str, str, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("body", "zone", "sid", "kze"), **_table(RECEIVE_VECTORS)
-)
+@pytest.mark.parametrize(("body", "zone", "sid", "kze"), **_table(RECEIVE_VECTORS))
 def test_augment_received_gives_the_exact_kze_text(
     body: str, zone: str, sid: int, kze: str
 ) -> None:
@@ -493,19 +506,34 @@ def test_augment_received_stores_the_time_as_an_integer() -> None:
 CONNECTION_EVENTS: list[tuple[str, str, str, str, str, str, dict[str, str]]] = [
     (
         "R-4-defaults-open",
-        "Event-Category", "Event-Name", "open", "localhost", "local",
-        {"Event-Category": "connection", "Event-Name": "open", "host": "localhost",
-         "zone": "local"},
+        "Event-Category",
+        "Event-Name",
+        "open",
+        "localhost",
+        "local",
+        {
+            "Event-Category": "connection",
+            "Event-Name": "open",
+            "host": "localhost",
+            "zone": "local",
+        },
     ),
     (
         "closed",
-        "Event-Category", "Event-Name", "closed", "rabbit2", "east",
-        {"Event-Category": "connection", "Event-Name": "closed", "host": "rabbit2",
-         "zone": "east"},
+        "Event-Category",
+        "Event-Name",
+        "closed",
+        "rabbit2",
+        "east",
+        {"Event-Category": "connection", "Event-Name": "closed", "host": "rabbit2", "zone": "east"},
     ),
     (
         "configured-key-names",
-        "Category", "Name", "open", "h", "z",
+        "Category",
+        "Name",
+        "open",
+        "h",
+        "z",
         {"Category": "connection", "Name": "open", "host": "h", "zone": "z"},
     ),
 ]

@@ -44,16 +44,22 @@ def _payload(frame: bytes) -> bytes:
 # (id, DeliveryFrame)
 DELIVERIES: list[tuple[str, DeliveryFrame]] = [
     ("plain", DeliveryFrame(1, 0, 1, False, "presence.update.1000", "presence", b'{"a":1}')),
-    ("non-ascii-routing-key-and-exchange",
-     DeliveryFrame(2, 3, 2, False, "présence.ünïcode.日本.😀", "échange", b"{}")),
-    ("invalid-utf8-routing-key-surrogateescaped",
-     DeliveryFrame(3, 0, 1, False, b"bad\xff\xfe".decode("utf-8", "surrogateescape"), "", b"{}")),
+    (
+        "non-ascii-routing-key-and-exchange",
+        DeliveryFrame(2, 3, 2, False, "présence.ünïcode.日本.😀", "échange", b"{}"),
+    ),
+    (
+        "invalid-utf8-routing-key-surrogateescaped",
+        DeliveryFrame(3, 0, 1, False, b"bad\xff\xfe".decode("utf-8", "surrogateescape"), "", b"{}"),
+    ),
     ("empty-body", DeliveryFrame(4, 0, 1, False, "rk", "ex", b"")),
     ("empty-key-and-exchange", DeliveryFrame(5, 0, 1, False, "", "", b"{}")),
     ("three-megabyte-body", DeliveryFrame(6, 1, 1, False, "big", "ex", BIG_BODY)),
     ("redelivered", DeliveryFrame(7, 0, 1, True, "rk", "ex", b"{}")),
-    ("no-binding-unmatched-reply",
-     DeliveryFrame(8, NO_BINDING, 3, False, "kamailio@h-<3>-targeted-7", "targeted", b"{}")),
+    (
+        "no-binding-unmatched-reply",
+        DeliveryFrame(8, NO_BINDING, 3, False, "kamailio@h-<3>-targeted-7", "targeted", b"{}"),
+    ),
     ("extreme-numbers", DeliveryFrame(U64_MAX, 0xFFFE, 0xFFFF, True, "k", "e", b"\x00\xff")),
     ("255-byte-routing-key", DeliveryFrame(9, 0, 1, False, "é" * 127 + "a", "ex", b"{}")),
     ("body-looks-like-a-frame", DeliveryFrame(10, 0, 1, False, "rk", "ex", encode_stop())),
@@ -61,8 +67,9 @@ DELIVERIES: list[tuple[str, DeliveryFrame]] = [
 
 
 def _encode(d: DeliveryFrame) -> bytes:
-    return encode_delivery(d.seq, d.binding, d.server_id, d.redelivered, d.routing_key,
-                           d.exchange, d.body)
+    return encode_delivery(
+        d.seq, d.binding, d.server_id, d.redelivered, d.routing_key, d.exchange, d.body
+    )
 
 
 @pytest.mark.parametrize(("delivery",), **_table(DELIVERIES))
@@ -74,8 +81,13 @@ def test_delivery_round_trips_every_field(delivery: DeliveryFrame) -> None:
 def test_delivery_layout_is_type_header_key_exchange_body() -> None:
     """`D`, >QHHBHH (seq, binding, sid, flags, key len, exchange len), key, exchange, raw body."""
     frame = _payload(encode_delivery(5, NO_BINDING, 2, True, "é", "ex", b"B"))
-    assert frame == (b"D" + struct.pack(">QHHBHH", 5, 0xFFFF, 2, FLAG_REDELIVERED, 2, 2)
-                     + "é".encode() + b"ex" + b"B")
+    assert frame == (
+        b"D"
+        + struct.pack(">QHHBHH", 5, 0xFFFF, 2, FLAG_REDELIVERED, 2, 2)
+        + "é".encode()
+        + b"ex"
+        + b"B"
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,8 +106,11 @@ def test_no_binding_is_the_largest_binding_index() -> None:
 
 # (id, seq, body)
 EVENTS: list[tuple[str, int, bytes]] = [
-    ("connection-open", 1,
-     b'{ "Event-Category": "connection", "Event-Name": "open", "host": "h", "zone": "local" }'),
+    (
+        "connection-open",
+        1,
+        b'{ "Event-Category": "connection", "Event-Name": "open", "host": "h", "zone": "local" }',
+    ),
     ("empty-body", 0, b""),
     ("max-seq", U64_MAX, b"{}"),
     ("non-ascii-body", 3, '{"zone":"zürich"}'.encode()),
@@ -111,9 +126,11 @@ def test_event_round_trips_seq_and_body(seq: int, body: bytes) -> None:
 # (id, bindings, zones)
 INITS: list[tuple[str, list[tuple[str | None, str | None]], dict[int, str]]] = [
     ("nothing", [], {}),
-    ("defaults-and-overrides",
-     [(None, None), ("Type", None), (None, "Action"), ("Type", "Action")],
-     {1: "local", 2: "east", 3: "local"}),
+    (
+        "defaults-and-overrides",
+        [(None, None), ("Type", None), (None, "Action"), ("Type", "Action")],
+        {1: "local", 2: "east", 3: "local"},
+    ),
     ("non-ascii-names", [("Catégorie", "名前")], {7: "zône"}),
 ]
 
@@ -157,7 +174,10 @@ def test_outcomes_batch_round_trips_in_order(outcomes: list[tuple[int, int]]) ->
 def test_outcome_codes_are_stable() -> None:
     """The wire codes of the outcomes never change (manager and worker may differ in version)."""
     assert {o.name: int(o) for o in Outcome} == {
-        "DONE": 0, "HANDLER_ERROR": 1, "BAD_MESSAGE": 2, "NO_ROUTE": 3,
+        "DONE": 0,
+        "HANDLER_ERROR": 1,
+        "BAD_MESSAGE": 2,
+        "NO_ROUTE": 3,
     }
 
 
@@ -262,6 +282,11 @@ def test_decode_outcomes_refuses_anything_but_outcomes(frame: bytes) -> None:
 
 def test_every_encoder_writes_a_length_prefixed_frame() -> None:
     """Each encoder's output is exactly encode_frame of its payload."""
-    for frame in (encode_stop(), encode_event(1, b"{}"), encode_outcomes([(1, 0)]),
-                  encode_init([], {}), encode_delivery(1, 0, 1, False, "k", "e", b"{}")):
+    for frame in (
+        encode_stop(),
+        encode_event(1, b"{}"),
+        encode_outcomes([(1, 0)]),
+        encode_init([], {}),
+        encode_delivery(1, 0, 1, False, "k", "e", b"{}"),
+    ):
         assert frame == encode_frame(_payload(frame))

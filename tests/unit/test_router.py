@@ -49,11 +49,15 @@ REGISTRATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("mod-init", ("kazoo:mod-init",)),
     ("catch-all", ("kazoo:consumer-event",)),
     ("specific", ("kazoo:consumer-event-presence-update",)),
-    ("several-names-one-handler",
-     ("kazoo:consumer-event-connection-open", "kazoo:consumer-event-connection-closed")),
+    (
+        "several-names-one-handler",
+        ("kazoo:consumer-event-connection-open", "kazoo:consumer-event-connection-closed"),
+    ),
     ("trailing-dash-from-empty-name", ("kazoo:consumer-event-presence-",)),
-    ("dots-and-json-kept-by-normalisation",
-     ("kazoo:consumer-event-presence-dialog.update", 'kazoo:consumer-event-{ "a": 1 }-x')),
+    (
+        "dots-and-json-kept-by-normalisation",
+        ("kazoo:consumer-event-presence-dialog.update", 'kazoo:consumer-event-{ "a": 1 }-x'),
+    ),
     ("other-names-are-free-form", ("my-own-route", "Kazoo:Custom")),
 ]
 
@@ -208,7 +212,8 @@ def test_repr_lists_the_routes() -> None:
 # first(): candidate order (§4.3)
 
 ER1 = candidates(
-    {"Event-Category": "presence", "Event-Name": "update"}, key="Event-Category",
+    {"Event-Category": "presence", "Event-Name": "update"},
+    key="Event-Category",
     subkey="Event-Name",
 )
 
@@ -302,9 +307,7 @@ MISSING_FILES: list[tuple[str, str]] = [
 
 
 @pytest.mark.parametrize(("relative",), **_table(MISSING_FILES))
-def test_missing_routes_file_is_a_config_error_naming_routes(
-    tmp_path: Path, relative: str
-) -> None:
+def test_missing_routes_file_is_a_config_error_naming_routes(tmp_path: Path, relative: str) -> None:
     """A path that does not exist gives ConfigError(key='routes') that says 'file not found'."""
     path = str(tmp_path / relative)
     with pytest.raises(ConfigError, match=r"'routes'.*file not found") as info:
@@ -317,10 +320,18 @@ def test_missing_routes_file_is_a_config_error_naming_routes(
 BROKEN_FILES: list[tuple[str, str, str, str]] = [
     ("raises", "raise RuntimeError('boom at import')\n", "RuntimeError", "boom at import"),
     ("syntax-error", "def f(:\n", "SyntaxError", ""),
-    ("missing-import", "import kzt_no_such_module_xyz\n", "ModuleNotFoundError",
-     "kzt_no_such_module_xyz"),
-    ("duplicate-route", ROUTES_FILE + "router.add('kazoo:mod-init', init)\n", "UsageError",
-     "registered twice"),
+    (
+        "missing-import",
+        "import kzt_no_such_module_xyz\n",
+        "ModuleNotFoundError",
+        "kzt_no_such_module_xyz",
+    ),
+    (
+        "duplicate-route",
+        ROUTES_FILE + "router.add('kazoo:mod-init', init)\n",
+        "UsageError",
+        "registered twice",
+    ),
 ]
 
 
@@ -340,8 +351,10 @@ def test_routes_file_that_fails_on_import_is_a_config_error_naming_the_exception
 
 @pytest.mark.parametrize(
     ("name", "exc_name"),
-    [("kzt_no_such_module_xyz.routes", "ModuleNotFoundError"),
-     ("kzt_broken_dotted_xyz", "ZeroDivisionError")],
+    [
+        ("kzt_no_such_module_xyz.routes", "ModuleNotFoundError"),
+        ("kzt_broken_dotted_xyz", "ZeroDivisionError"),
+    ],
     ids=["missing-module", "module-raises"],
 )
 def test_dotted_module_that_fails_is_a_config_error_naming_the_exception(
@@ -423,7 +436,8 @@ def test_find_callback_missing_or_not_callable_is_a_config_error(attrs: dict[str
 def test_routes_file_round_trip_through_find_router(tmp_path: Path, clean_imports: None) -> None:
     """A realistic routes file: load, find the router, resolve a message to its handler."""
     path = tmp_path / "routes.py"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         from kazoo_amqp import Router
         router = Router()
 
@@ -434,7 +448,8 @@ def test_routes_file_round_trip_through_find_router(tmp_path: Path, clean_import
         @router.route("kazoo:consumer-event")
         def fallback(kz):
             return "fallback"
-    """))
+    """)
+    )
     router = find_router(load_routes_module(str(path)))
     found = router.first(ER1)
     assert found is not None
