@@ -27,10 +27,9 @@ from typing import Any
 
 from kazoo_amqp import __version__
 from kazoo_amqp.amqp.manager import Manager
-from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.broker_url import BrokerSpec
 from kazoo_amqp.core.config import Settings
-from kazoo_amqp.core.message import connection_event_body
+from kazoo_amqp.core.message import connection_event_text
 from kazoo_amqp.core.pipe import encode_event
 from kazoo_amqp.core.route_names import MOD_INIT
 from kazoo_amqp.core.subscription import Subscription
@@ -105,9 +104,17 @@ class DaemonBackend:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
 
     async def publish(
-        self, exchange: str, routing_key: str, payload: str, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str,
+        headers: str | None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
-        return await self.daemon.manager.publish(exchange, routing_key, payload, headers)
+        return await self.daemon.manager.publish(
+            exchange, routing_key, payload, headers, mandatory=mandatory
+        )
 
     async def query(
         self,
@@ -116,8 +123,12 @@ class DaemonBackend:
         payload: str,
         headers: str | None,
         timeout_ms: int | None,
+        *,
+        mandatory: bool = False,
     ) -> str:
-        return await self.daemon.manager.query(exchange, routing_key, payload, headers, timeout_ms)
+        return await self.daemon.manager.query(
+            exchange, routing_key, payload, headers, timeout_ms, mandatory=mandatory
+        )
 
     async def pua_publish(self, payload: str, package: str | None) -> dict[str, Any]:
         if self._presence is None:
@@ -189,7 +200,7 @@ class Daemon:
 
     def _on_connection_event(self, state: str, spec: BrokerSpec) -> None:
         s = self.settings
-        body = connection_event_body(
+        text = connection_event_text(
             key=s.amqp_consumer_event_key,
             subkey=s.amqp_consumer_event_subkey,
             state=state,
@@ -197,7 +208,7 @@ class Daemon:
             zone=spec.zone,
         )
         seq = self.pool.next_seq()
-        frame = encode_event(seq, jsonc.dumps(body).encode())
+        frame = encode_event(seq, text.encode())
         self.pool.dispatch(self.pool.pick(None), seq, frame, None)
 
     def request_stop(self) -> None:

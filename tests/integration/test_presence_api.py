@@ -493,24 +493,31 @@ def test_route_pua_publish_writes_the_row(
         generic = dialog("early", Event_Package="dialog")  # Event-Name: update
         not_update = presence("offline")  # Kazoo's presence update: no Event-Package
         box = mwi(4, 2)
+        # same Call-ID as `confirmed`: same worker, likely the same batch; its handler raises
+        bad = dialog("terminated", call_id, Event_Name="dialog_update", From=None)
         with d:
             _wait_consumer(queue)
             _publish(exchange, [
                 (f"dialog.{realm_rk}.{call_id}", confirmed),
+                (f"dialog.{realm_rk}.{call_id}", bad),
                 (f"update.{realm_rk}.{generic['Call-ID']}", generic),
                 (f"update.{realm_rk}.{not_update['Call-ID']}", not_update),
                 (f"mwi_updates.{realm_rk}.{USER}", box),
             ])  # fmt: skip
-            events = d.wait_events(4, timeout=20)
-            assert len(events) == 4, d.logs()[-3000:]
-            by_call = {e["payload"]["Call-ID"]: e for e in events}
-            for e in events:
+            events = d.wait_events(5, timeout=20)
+            assert len(events) == 5, d.logs()[-3000:]
+            by_msg = {e["payload"]["Msg-ID"]: e for e in events}
+            # the typed error reaches the route, naming the field
+            failed = by_msg.pop(bad["Msg-ID"])
+            assert failed["error"] == "MissingField", failed
+            assert "'From'" in failed["message"], failed
+            for e in by_msg.values():
                 assert "error" not in e, e
-            assert by_call[call_id]["route"] == DIALOG_ROUTE
-            assert_written(by_call[call_id]["result"], "dialog", call_id)
-            assert_written(by_call[generic["Call-ID"]]["result"], "dialog", generic["Call-ID"])
-            assert by_call[not_update["Call-ID"]]["result"]["written"] is False
-            assert by_call[box["Call-ID"]]["result"]["package"] == "message-summary"
+            assert by_msg[confirmed["Msg-ID"]]["route"] == DIALOG_ROUTE
+            assert_written(by_msg[confirmed["Msg-ID"]]["result"], "dialog", call_id)
+            assert_written(by_msg[generic["Msg-ID"]]["result"], "dialog", generic["Call-ID"])
+            assert by_msg[not_update["Msg-ID"]]["result"]["written"] is False
+            assert by_msg[box["Msg-ID"]]["result"]["package"] == "message-summary"
 
             # the worker may commit after the handler returned (end of its batch); the
             # deliveries are acked only after that, so wait for the queue to drain

@@ -141,13 +141,6 @@ NEVER_MATCHING: list[tuple[str, str]] = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="BUG workers/router.py Router.add: the ER-12 check only looks at names that start "
-    "with the exact lower-case 'kazoo:consumer-event' and only at upper case; names whose "
-    "prefix has upper case, or that contain '_' (normalised to '-' before look-up, §4.3), are "
-    "accepted although they can never match",
-    strict=True,
-)
 @pytest.mark.parametrize(("name",), **_table(NEVER_MATCHING))
 def test_consumer_event_name_that_can_never_match_is_refused(name: str) -> None:
     """Any consumer-event name that normalisation can never produce is refused like ER-12."""
@@ -155,13 +148,6 @@ def test_consumer_event_name_that_can_never_match_is_refused(name: str) -> None:
         Router().add(name, _handler)
 
 
-@pytest.mark.xfail(
-    reason="BUG workers/router.py Router.add: uses Unicode str.lower(), so it refuses "
-    "'kazoo:consumer-event-Évènement-x' although the look-up (route_names.normalise lowercases "
-    "ASCII only, §4.3) produces exactly that name, and it suggests "
-    "'kazoo:consumer-event-évènement-x', which can never match",
-    strict=True,
-)
 def test_upper_case_non_ascii_letter_is_accepted_because_lookup_keeps_it() -> None:
     """Look-up lowercases ASCII only (§4.3), so `É` in a route name can match and is accepted."""
     payload = {"Event-Category": "Évènement", "Event-Name": "x"}

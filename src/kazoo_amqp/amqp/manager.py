@@ -46,6 +46,7 @@ from kazoo_amqp.core.message import (
     TARGETED_EXCHANGE,
     augment_received,
     check_routing_key,
+    correlation_key,
     inject_common_fields,
     node_name,
     reply_queue_name,
@@ -299,7 +300,7 @@ class Manager:
             link.channel = await self._open_publish_channel(link)
             self._up_changed.set()
         except Exception as exc:
-            log.warning("cannot reopen the publish channel on %s: %s", link.spec.redacted, exc)
+            log.warning("cannot reopen the publish channel on %s: %r", link.spec.redacted, exc)
             if link.control is not None:
                 link.control.abort()
 
@@ -463,7 +464,7 @@ class Manager:
             log.warning("dropped a reply on %s: %s", d.routing_key, exc)
             return
         msg_id = doc.get("Msg-ID")
-        fut = self.pending.pop(msg_id, None) if isinstance(msg_id, str) else None
+        fut = self.pending.pop(correlation_key(msg_id), None) if msg_id is not None else None
         augment_received(doc, zone=zone, server_id=sid, now=int(self.clock()), render=jsonc.render)
         if fut is not None and not fut.done():
             fut.set_result(jsonc.dumps(doc))
@@ -527,12 +528,16 @@ class Manager:
         routing_key: str,
         payload: str | bytes | dict[str, Any],
         headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
         """kazoo_publish: returns after the broker confirmed the message."""
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
         doc, target, key, hdrs, msg_id = self._prepare(payload, routing_key, headers)
-        link = await self._send(exchange, key, doc, hdrs, target, wait_confirm=True)
+        link = await self._send(
+            exchange, key, doc, hdrs, target, wait_confirm=True, mandatory=mandatory
+        )
         self.counters["published"] += 1
         return {"msg_id": msg_id, "server_id": link.spec.server_id}
 
@@ -543,6 +548,8 @@ class Manager:
         payload: str | bytes | dict[str, Any],
         headers: str | None = None,
         timeout_ms: int | None = None,
+        *,
+        mandatory: bool = False,
     ) -> str:
         """kazoo_query: publish, then wait for the reply carrying our Msg-ID; returns its text."""
         if self._closing:
@@ -560,7 +567,16 @@ class Manager:
         started = loop.time()
         try:
             async with asyncio.timeout(timeout):
-                await self._send(exchange, key, doc, hdrs, None, wait_confirm=False, reply=fut)
+                await self._send(
+                    exchange,
+                    key,
+                    doc,
+                    hdrs,
+                    None,
+                    wait_confirm=False,
+                    reply=fut,
+                    mandatory=mandatory,
+                )
                 return await fut
         except TimeoutError:
             self.counters["query_timeouts"] += 1
@@ -585,6 +601,7 @@ class Manager:
         *,
         wait_confirm: bool,
         reply: asyncio.Future[str] | None = None,
+        mandatory: bool = False,
     ) -> BrokerLink:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -599,7 +616,9 @@ class Manager:
                 doc["Server-ID"] = server_id_for(s.node_hostname, link.spec.server_id)
             body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
             assert link.channel is not None
-            confirm = link.channel.publish(exchange, key, body, headers=hdrs or None)
+            confirm = link.channel.publish(
+                exchange, key, body, headers=hdrs or None, mandatory=mandatory
+            )
             if confirm is None:  # pragma: no cover - our publish channels always confirm
                 return link
             if not wait_confirm:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from kazoo_amqp.core.jsonc import c_atoi, dumps, render
 from kazoo_amqp.errors import BadRoutingKey
 
 #: Longest routing key AMQP allows (shortstr), and the C module's limit.
@@ -63,21 +64,13 @@ def split_consumer_prefix(routing_key: str) -> tuple[int | None, str]:
             "write consumer://<id>/<routing key>, e.g. the Server-ID of a received message"
         )
     id_text, key = rest[:slash], rest[slash + 1 :]
-    return _atoi(id_text), key
+    return c_atoi(id_text), key
 
 
-def _atoi(text: str) -> int:
-    text = text.lstrip()
-    sign = 1
-    if text[:1] in ("+", "-"):
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    digits = ""
-    for ch in text:
-        if not ch.isdigit() or not ch.isascii():
-            break
-        digits += ch
-    return sign * int(digits) if digits else 0
+def correlation_key(msg_id: Any) -> str:
+    """The text a Msg-ID is correlated on: strings as they are, other values as json-c renders
+    them (so a numeric Msg-ID echoed back by the replier still matches)."""
+    return msg_id if isinstance(msg_id, str) else render(msg_id)
 
 
 def inject_common_fields(
@@ -98,10 +91,10 @@ def inject_common_fields(
         if doc.get(key) is None:
             doc[key] = value
     current = doc.get("Msg-ID")
-    if current is None or current == "":
+    if current is None:
         doc["Msg-ID"] = msg_id
         return msg_id
-    return current if isinstance(current, str) else str(current)
+    return correlation_key(current)
 
 
 def inject_server_id(doc: MutableMapping[str, Any], server_id: str) -> bool:
@@ -135,6 +128,12 @@ def augment_received(
         text = old if isinstance(old, str) else render(old)
         if text:
             doc["Server-ID"] = f"{CONSUMER_PREFIX}{server_id}/{text}"
+
+
+def connection_event_text(*, key: str, subkey: str, state: str, host: str, zone: str) -> str:
+    """The synthetic connection event exactly as the C module writes it ($kzE, §4.4, R-4)."""
+    fields = ((key, "connection"), (subkey, state), ("host", host), ("zone", zone))
+    return "{ " + ", ".join(f"{dumps(k)} : {dumps(v)}" for k, v in fields) + " }"
 
 
 def connection_event_body(

@@ -92,6 +92,7 @@ class Request:
     headers: str | None = None
     timeout_ms: int | None = None
     package: str | None = None
+    mandatory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,17 @@ def _field(obj: dict[str, Any], name: str, request_id: int, op: str) -> str:
     )
 
 
+def _flag(obj: dict[str, Any], name: str, request_id: int, op: str) -> bool:
+    """An optional boolean field (absent means False)."""
+    value = obj.get(name, False)
+    if type(value) is not bool:
+        raise BadRequest(
+            f"{op} request {request_id}: {name!r} must be true or false, not {value!r}",
+            request_id=request_id,
+        )
+    return value
+
+
 def _optional_field(obj: dict[str, Any], name: str, request_id: int, op: str) -> str | None:
     value = obj.get(name)
     if value is None or type(value) is str:
@@ -260,6 +272,7 @@ def decode_request(frame: bytes) -> Request:
             routing_key=_field(obj, "routing_key", request_id, op),
             payload=_field(obj, "payload", request_id, op),
             headers=_optional_field(obj, "headers", request_id, op),
+            mandatory=_flag(obj, "mandatory", request_id, op),
         )
     if op == "query":
         timeout_ms = obj.get("timeout_ms")
@@ -277,6 +290,7 @@ def decode_request(frame: bytes) -> Request:
             payload=_field(obj, "payload", request_id, op),
             headers=_optional_field(obj, "headers", request_id, op),
             timeout_ms=timeout_ms,
+            mandatory=_flag(obj, "mandatory", request_id, op),
         )
     if op == "pua_publish":
         package = obj.get("package")

@@ -23,6 +23,7 @@ from kazoo_amqp.ipc.client import (
     _connect_error,
     _dict_result,
     _lost,
+    _mandatory,
     _no_answer,
     _package_arg,
     _payload_text,
@@ -170,6 +171,8 @@ class AsyncClient:
         routing_key: str,
         payload: Payload,
         headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
         """Publish ``payload``; return once the broker confirmed it or the daemon buffered it."""
         result = await self._call(
@@ -179,6 +182,7 @@ class AsyncClient:
             routing_key=_text_arg("routing_key", routing_key),
             payload=_payload_text(payload),
             headers=_text_arg("headers", headers, optional=True),
+            **_mandatory(mandatory),
         )
         return _dict_result("publish", result)
 
@@ -189,6 +193,8 @@ class AsyncClient:
         payload: Payload,
         timeout_ms: int | None = None,
         headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
         """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
         result = await self._call(
@@ -199,6 +205,7 @@ class AsyncClient:
             payload=_payload_text(payload),
             headers=_text_arg("headers", headers, optional=True),
             timeout_ms=timeout_ms,
+            **_mandatory(mandatory),
         )
         return _query_result(result)
 

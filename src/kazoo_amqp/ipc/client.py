@@ -118,6 +118,13 @@ def _package_arg(package: Any) -> str | None:
     )
 
 
+def _mandatory(mandatory: bool) -> dict[str, bool]:
+    """The optional ``mandatory`` field: sent only when set, so requests stay small."""
+    if type(mandatory) is not bool:
+        raise UsageError(f"mandatory must be True or False, not {mandatory!r}")
+    return {"mandatory": True} if mandatory else {}
+
+
 def _query_wait(timeout_ms: int | None) -> float:
     if timeout_ms is None or timeout_ms == 0:
         return DEFAULT_QUERY_WAIT
@@ -216,6 +223,8 @@ class Client:
         routing_key: str,
         payload: Payload,
         headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
         """Publish ``payload``; return the daemon's result once the broker confirmed it or the
         daemon buffered it (the daemon decides which)."""
@@ -226,6 +235,7 @@ class Client:
             routing_key=_text_arg("routing_key", routing_key),
             payload=_payload_text(payload),
             headers=_text_arg("headers", headers, optional=True),
+            **_mandatory(mandatory),
         )
         return _dict_result("publish", result)
 
@@ -236,6 +246,8 @@ class Client:
         payload: Payload,
         timeout_ms: int | None = None,
         headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
         """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
         result = self._call(
@@ -246,6 +258,7 @@ class Client:
             payload=_payload_text(payload),
             headers=_text_arg("headers", headers, optional=True),
             timeout_ms=timeout_ms,
+            **_mandatory(mandatory),
         )
         return _query_result(result)
 

@@ -66,9 +66,18 @@ class Backend(Protocol):
     """What the server calls; the daemon wires the AMQP manager and presence writer behind it."""
 
     async def publish(
-        self, exchange: str, routing_key: str, payload: str, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str,
+        headers: str | None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
-        """Publish ``payload``; return once confirmed or buffered (result goes to the client)."""
+        """Publish ``payload``; return once confirmed or buffered (result goes to the client).
+
+        ``mandatory``: fail with ``PublishFailed`` when no queue is bound for it.
+        """
         ...
 
     async def query(
@@ -78,6 +87,8 @@ class Backend(Protocol):
         payload: str,
         headers: str | None,
         timeout_ms: int | None,
+        *,
+        mandatory: bool = False,
     ) -> str:
         """Publish a query and return the reply's JSON text."""
         ...
@@ -115,6 +126,11 @@ class IpcStats:
             "errors": dict(self.errors),
             "malformed_frames": self.malformed_frames,
         }
+
+
+def _mandatory(req: Request) -> dict[str, bool]:
+    # Passed only when set, so a Backend written before the flag existed keeps working.
+    return {"mandatory": True} if req.mandatory else {}
 
 
 class IpcServer:
@@ -467,11 +483,20 @@ class _Connection(asyncio.Protocol):
             result: Any
             if op == "publish":
                 result = await backend.publish(
-                    req.exchange, req.routing_key, req.payload, req.headers
+                    req.exchange,
+                    req.routing_key,
+                    req.payload,
+                    req.headers,
+                    **_mandatory(req),
                 )
             elif op == "query":
                 result = await backend.query(
-                    req.exchange, req.routing_key, req.payload, req.headers, req.timeout_ms
+                    req.exchange,
+                    req.routing_key,
+                    req.payload,
+                    req.headers,
+                    req.timeout_ms,
+                    **_mandatory(req),
                 )
             else:  # "pua_publish": the only other op that reaches a task
                 result = await backend.pua_publish(req.payload, req.package)

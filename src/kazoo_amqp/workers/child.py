@@ -75,9 +75,17 @@ class WorkerServices:
         return self._aclient
 
     def publish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = self._sync().publish(exchange, routing_key, payload, headers)
+        result: dict[str, Any] = self._sync().publish(
+            exchange, routing_key, payload, headers, mandatory=mandatory
+        )
         return result
 
     def query(
@@ -234,7 +242,7 @@ class Worker:
         except BadPayload as exc:  # pragma: no cover - we build these ourselves
             log.error("worker %d: bad synthetic event: %s", self.index, exc)
             return self._count(pipe.Outcome.BAD_MESSAGE)
-        return self._run(doc, None, None, False, None, None)
+        return self._run(doc, None, None, False, None, None, body=e.body.decode())
 
     def _run(
         self,
@@ -244,6 +252,7 @@ class Worker:
         redelivered: bool,
         binding_key: str | None,
         binding_subkey: str | None,
+        body: str | None = None,
     ) -> int:
         if self.callback is not None:
             name, handler = CONSUMER_EVENT, self.callback
@@ -267,6 +276,7 @@ class Worker:
             exchange=exchange,
             event_name=name,
             redelivered=redelivered,
+            body=body,
         )
         try:
             result = handler(kz)

@@ -37,7 +37,13 @@ class Services(Protocol):
     encode_high_bytes: str
 
     def publish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]: ...
 
     def query(
@@ -108,9 +114,20 @@ class Kz:
 
     # -- talking to the broker -------------------------------------------------------------
     def publish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
     ) -> dict[str, Any]:
-        """kazoo_publish: returns once the broker confirmed it (or it was buffered)."""
+        """kazoo_publish: returns once the broker confirmed it (or it was buffered).
+
+        ``mandatory=True``: raise ``PublishFailed`` when no queue is bound for the routing key.
+        """
+        if mandatory:
+            return self._services.publish(exchange, routing_key, payload, headers, mandatory=True)
         return self._services.publish(exchange, routing_key, payload, headers)
 
     def query(

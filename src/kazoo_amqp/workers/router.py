@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
+from kazoo_amqp.core.route_names import normalise
 from kazoo_amqp.errors import ConfigError, UsageError
 
 Handler = Callable[[Any], Any]
@@ -51,12 +52,15 @@ class Router:
         """Register ``handler`` under ``name``; a second handler for one name is an error."""
         if not isinstance(name, str) or not name:
             raise UsageError(f"route name must be a non-empty string, got {name!r}")
-        if name.startswith(_CONSUMER_EVENT) and name != name.lower():
-            # Names are lower-cased before look-up (spec §4.3), so this route could never run.
-            raise UsageError(
-                f"route {name!r} contains upper-case letters and would never match: "
-                f"consumer-event names are looked up lower-cased, write {name.lower()!r}"
-            )
+        if name[: len(_CONSUMER_EVENT)].lower() == _CONSUMER_EVENT:
+            # Looked-up names are normalised (ASCII lower case, '_' -> '-', spec §4.3), so a
+            # route whose name is not in that form could never run (ER-12).
+            wanted = _CONSUMER_EVENT + normalise(name[len(_CONSUMER_EVENT) :])
+            if name != wanted:
+                raise UsageError(
+                    f"route {name!r} would never match: consumer-event names are looked up with "
+                    f"ASCII letters lower-cased and '_' turned into '-'; write {wanted!r}"
+                )
         if name in self._handlers:
             raise UsageError(f"route {name!r} is registered twice; keep one handler per name")
         if not callable(handler):
