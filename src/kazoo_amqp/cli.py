@@ -134,10 +134,13 @@ def _client_call(
 async def _direct_manager(settings: Any, action: Callable[[Any], Any]) -> Any:
     from kazoo_amqp.amqp.manager import Manager
 
+    # A one-shot command: the caller gets the outcome, not the reconnect chatter.
+    logging.getLogger("kazoo_amqp").setLevel(logging.ERROR)
     manager = Manager(settings, subscriptions=[], dispatcher=None, on_event=lambda *a: None)
     await manager.start()
     try:
-        if not await manager.wait_connected(max(settings.amqp_connect_timeout, 1.0) + 4.0):
+        timeout = max(settings.amqp_connect_timeout, 1.0) + 4.0
+        if not await manager.wait_connected(timeout, give_up_when_all_failed=True):
             raise NotConnected(f"no broker reachable: {manager.describe_links()}")
         return await action(manager)
     finally:
@@ -147,10 +150,23 @@ async def _direct_manager(settings: Any, action: Callable[[Any], Any]) -> Any:
 def cmd_publish(args: argparse.Namespace) -> int:
     result = _client_call(
         args,
-        lambda c: c.publish(args.exchange, args.routing_key, args.payload, headers=args.headers),
+        lambda c: c.publish(
+            args.exchange,
+            args.routing_key,
+            args.payload,
+            headers=args.headers,
+            mandatory=args.mandatory,
+        ),
         lambda s: asyncio.run(
             _direct_manager(
-                s, lambda m: m.publish(args.exchange, args.routing_key, args.payload, args.headers)
+                s,
+                lambda m: m.publish(
+                    args.exchange,
+                    args.routing_key,
+                    args.payload,
+                    args.headers,
+                    mandatory=args.mandatory,
+                ),
             )
         ),
     )
@@ -166,7 +182,12 @@ def cmd_query(args: argparse.Namespace) -> int:
             _direct_manager(
                 s,
                 lambda m: m.query(
-                    args.exchange, args.routing_key, args.payload, args.headers, args.timeout_ms
+                    args.exchange,
+                    args.routing_key,
+                    args.payload,
+                    args.headers,
+                    args.timeout_ms,
+                    mandatory=args.mandatory,
                 ),
             )
         )
@@ -180,6 +201,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             args.payload,
             timeout_ms=args.timeout_ms,
             headers=args.headers,
+            mandatory=args.mandatory,
         ),
         direct,
     )
@@ -267,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("routing_key")
         p.add_argument("payload", help="JSON object text")
         p.add_argument("--headers", help="AMQP headers, k1=v1;k2=v2")
+        p.add_argument(
+            "--mandatory",
+            action="store_true",
+            help="fail (exit 5) when no queue is bound for the routing key",
+        )
         p.add_argument("--socket", help="daemon socket (default: from the config)")
         if name == "query":
             p.add_argument("--timeout-ms", type=int, default=None)

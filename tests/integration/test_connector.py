@@ -275,3 +275,27 @@ def test_every_consumed_corpus_message_runs_its_expected_event_route(
             if expected and msg_id:
                 assert by_msg.get(msg_id) == expected, (name, by_msg.get(msg_id), expected)
         assert len(events) == len(routed), d.logs()[-3000:]
+
+
+def test_mandatory_publish_without_a_bound_queue_fails_at_once(daemon: DaemonProcess) -> None:
+    """mandatory=True turns RabbitMQ's NO_ROUTE return into PublishFailed (C only logs it)."""
+    from kazoo_amqp import PublishFailed
+
+    with daemon.client() as c:
+        with pytest.raises(PublishFailed, match="NO_ROUTE"):
+            c.publish("amq.topic", unique("nobody.bound"), {"a": 1}, mandatory=True)
+        assert c.publish("amq.topic", unique("nobody.bound"), {"a": 1})["msg_id"]
+
+
+def test_mandatory_query_without_a_consumer_fails_before_its_timeout(
+    daemon: DaemonProcess,
+) -> None:
+    """A mandatory query nobody can receive fails fast instead of waiting for the timeout."""
+    from kazoo_amqp import PublishFailed
+
+    with daemon.client() as c:
+        started = time.monotonic()
+        with pytest.raises(PublishFailed, match="NO_ROUTE"):
+            c.query("amq.topic", unique("nobody.bound"), {"a": 1}, timeout_ms=5000,
+                    mandatory=True)
+        assert time.monotonic() - started < 1.0

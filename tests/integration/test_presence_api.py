@@ -32,7 +32,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from kazoo_amqp import AsyncClient, MissingField
+from kazoo_amqp import AsyncClient, BadPayload, MissingField, UsageError
 from tests.integration.daemon_harness import REPO, DaemonProcess, pika_connection, unique
 
 pytestmark = pytest.mark.timeout(120)
@@ -170,6 +170,10 @@ def test_client_missing_from_raises_missing_field(daemon: DaemonProcess) -> None
             c.pua_publish(bad, "dialog")
         with pytest.raises(MissingField) as dispatched:
             c.pua_publish(bad)  # Event-Name update + Event-Package dialog
+        with pytest.raises(BadPayload):
+            c.pua_publish("[1, 2]", "dialog")  # not a JSON object
+        with pytest.raises(UsageError, match="package"):
+            c.pua_publish(dialog(), "Dialog")  # packages are case-sensitive, as in C
         assert c.ping()  # the connection is still usable
     for exc in (per_package.value, dispatched.value):
         assert "'From'" in str(exc), str(exc)

@@ -148,12 +148,21 @@ class Manager:
                 self._supervise(link), name=f"broker-{link.spec.server_id}"
             )
 
-    async def wait_connected(self, timeout: float) -> bool:
-        """Wait until a primary-zone broker is up (used at start-up and by tests)."""
+    async def wait_connected(
+        self, timeout: float, *, give_up_when_all_failed: bool = False
+    ) -> bool:
+        """Wait until a primary-zone broker is up (used by one-shot commands and tests).
+
+        ``give_up_when_all_failed``: return False as soon as every broker failed once.
+        """
         deadline = time.monotonic() + timeout
         while self._pick(None) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                return False
+            if give_up_when_all_failed and all(
+                link.last_error and not link.up for link in self.links
+            ):
                 return False
             self._up_changed.clear()
             with contextlib.suppress(TimeoutError):
