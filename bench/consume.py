@@ -102,7 +102,7 @@ def subscription(exchange: str, queue: str, mode: str) -> dict:
 
 
 def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool,
-             prefetch: int | None) -> dict:
+             prefetch: int | None, keep: bool = False, a_deadline: float = 120.0) -> dict:
     broker = L.Broker()
     exchange = broker.exchange(L.unique("consume"))
     queue = broker.queue(exchange + ".q", exchange=exchange, keys=["bench.consume.#"])
@@ -115,13 +115,15 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
         sub = subscription(exchange, queue, mode)
         cfg = {"prefetch": prefetch} if prefetch else {}
         daemon = L.Daemon(ROUTES % {"sub": json.dumps(sub)}, workers=workers, name="consume",
-                          config=cfg)
+                          config=cfg, keep=keep)
         daemon.launch()
         wpids = daemon.children(workers)
         rabbit = L.rabbit_pid()
         groups = {"manager": [daemon.pid], "workers": wpids, "rabbitmq": [rabbit]}
         sampler = L.Sampler(groups)
-        deadline = time.monotonic() + 180
+        sampler.start()  # the manager's baseline: workers exist, the broker is not yet connected
+        manager_cpu0 = sampler.c0[daemon.pid]
+        deadline = time.monotonic() + a_deadline
         started = False
         profs: list[L.Profiler] = []
         t_drained = None
@@ -132,6 +134,7 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
             total = sum(c[0] for c in cnt)
             if not started and total > 0:
                 sampler.start()
+                sampler.c0[daemon.pid] = manager_cpu0
                 started = True
                 if profile:
                     est = max(3, int(n / TARGETS[mode]) + 1)
@@ -191,6 +194,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=None, help="messages per run (default 100k)")
     ap.add_argument("--modes", default="noack,ack")
     ap.add_argument("--prefetch", type=int, default=None, help="config prefetch (default 256)")
+    ap.add_argument("--keep", action="store_true", help="keep the daemon's temp dirs")
     L.common_args(ap)
     a = ap.parse_args()
     n = a.count or (20000 if a.quick else 100000)
@@ -203,7 +207,7 @@ def main() -> int:
     profile: dict[str, dict] = {}
     for rep in range(a.reps):
         for mode in modes:
-            r = run_once(mode, n, a.workers, bodies, False, a.prefetch)
+            r = run_once(mode, n, a.workers, bodies, False, a.prefetch, a.keep)
             runs[mode].append(r)
             cpu = r["cpu_us_per_msg"]
             L.log(f"  {mode} rep {rep + 1}: {L.fmt(r['events_s'])} ev/s, handled {r['handled']}, "
@@ -212,7 +216,7 @@ def main() -> int:
     if a.profile:
         for mode in modes:
             L.log(f"profiling {mode} (not counted)")
-            r = run_once(mode, n, a.workers, bodies, True, a.prefetch)
+            r = run_once(mode, n, a.workers, bodies, True, a.prefetch, a.keep)
             profile[mode] = {"profiles": r.pop("profile", []), "run": r}
 
     def med(mode: str, path: list[str]) -> dict | None:

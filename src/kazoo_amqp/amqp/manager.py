@@ -28,6 +28,7 @@ matches no waiter (late, or foreign) is counted and dropped, or routed (``late_r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -123,6 +124,12 @@ class Manager:
         self._closing = False
         self._paused = False
         self._ssl: ssl.SSLContext | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._confirm_deadlines: collections.deque[
+            tuple[float, asyncio.Future[None], BrokerLink]
+        ] = collections.deque()
+        self._confirm_timeout = settings.publish_confirm_timeout_ms / 1000
+        self._sweeper: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {
             "published": 0,
             "publish_failed": 0,
@@ -186,6 +193,9 @@ class Manager:
                 fut.set_exception(ShuttingDown("the daemon is stopping; the query was abandoned"))
         self.pending.clear()
         self._up_changed.set()
+        for task in [*self._tasks, self._sweeper]:
+            if task is not None:
+                task.cancel()
         for link in self.links:
             if link.task is not None:
                 link.task.cancel()
@@ -549,6 +559,109 @@ class Manager:
         )
         self.counters["published"] += 1
         return {"msg_id": msg_id, "server_id": link.spec.server_id}
+
+    def start_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """``publish`` without a task: the returned future resolves once the broker confirmed.
+
+        The common case (a broker is up) is handled right here: parse, serialise, write, and a
+        callback on the confirm; validation errors raise at once. When no broker is up, or the
+        confirm fails because the connection died or hung, the publish continues as an owned
+        task on the slow path (buffering, sending again on the next broker).
+        """
+        if self._closing:
+            raise ShuttingDown("the daemon is stopping; publish refused")
+        doc, target, key, hdrs, msg_id = self._prepare(payload, routing_key, headers)
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[dict[str, Any]] = loop.create_future()
+        link = self._pick(target)
+        if link is None:
+            self._slow_publish(result, exchange, key, doc, hdrs, target, msg_id, mandatory)
+            return result
+        caller_server_id = doc.get("Server-ID") is not None
+        if not caller_server_id:
+            doc["Server-ID"] = server_id_for(self.settings.node_hostname, link.spec.server_id)
+        body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
+        assert link.channel is not None
+        confirm = link.channel.publish(exchange, key, body, headers=hdrs or None,
+                                       mandatory=mandatory)
+        if confirm is None:  # pragma: no cover - our publish channels always confirm
+            result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
+            return result
+        if not caller_server_id:
+            del doc["Server-ID"]  # a retry on another broker gets that broker's Server-ID
+
+        def confirmed(fut: asyncio.Future[None]) -> None:
+            if result.done():
+                return
+            exc = None if fut.cancelled() else fut.exception()
+            if exc is None and not fut.cancelled():
+                self.counters["published"] += 1
+                result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
+            elif isinstance(exc, NotConnected) or fut.cancelled():
+                self.counters["publish_retried"] += 1
+                self._slow_publish(result, exchange, key, doc, hdrs, target, msg_id, mandatory)
+            else:
+                self.counters["publish_failed"] += 1
+                result.set_exception(exc)  # type: ignore[arg-type]
+
+        confirm.add_done_callback(confirmed)
+        self._confirm_deadlines.append((loop.time() + self._confirm_timeout, confirm, link))
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_confirms(), name="confirm-sweeper")
+        return result
+
+    def _slow_publish(
+        self,
+        result: asyncio.Future[dict[str, Any]],
+        exchange: str,
+        key: str,
+        doc: dict[str, Any],
+        hdrs: tuple[tuple[str, str], ...],
+        target: int | None,
+        msg_id: str,
+        mandatory: bool,
+    ) -> None:
+        async def run() -> None:
+            try:
+                link = await self._send(
+                    exchange, key, doc, hdrs, target, wait_confirm=True, mandatory=mandatory
+                )
+            except BaseException as exc:
+                if not result.done():
+                    result.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.counters["published"] += 1
+            if not result.done():
+                result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_confirms(self) -> None:
+        """Treat a confirm that takes longer than publish_confirm_timeout_ms as a dead link."""
+        deadlines = self._confirm_deadlines
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.25)
+            now = loop.time()
+            while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+                _, confirm, link = deadlines.popleft()
+                if not confirm.done() and link.control is not None:
+                    log.warning("no confirm from %s within publish_confirm_timeout_ms: "
+                                "dropping the connection, unconfirmed publishes go out again",
+                                link.spec.redacted)
+                    link.control.abort()  # fails every pending confirm with NotConnected
 
     async def query(
         self,

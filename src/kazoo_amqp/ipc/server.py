@@ -28,6 +28,7 @@ stream: the request path is a callback, a dict lookup and one task). Rules of th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -148,6 +149,7 @@ class IpcServer:
             raise ValueError("max_inflight_per_connection must be at least 1")
         self._path = path
         self._backend = backend
+        self._start_publish = getattr(self._backend, "start_publish", None)
         self._max_frame = max_frame
         self._max_inflight = max_inflight_per_connection
         self._stats = IpcStats()
@@ -341,6 +343,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: IpcServer) -> None:
         self._server = server
         self._backend = server._backend
+        self._start_publish = server._start_publish
         self._stats = server._stats
         self._max_inflight = server._max_inflight
         self._decoder = FrameDecoder(server._max_frame)
@@ -456,10 +459,48 @@ class _Connection(asyncio.Protocol):
         self._send(data)
 
     def _start(self, req: Request) -> None:
+        if req.op == "publish" and self._start_publish is not None:
+            self._start_fast(req, self._start_publish)
+            return
         task = self._loop.create_task(self._run(req))
         self._tasks.add(task)
         self._server._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _start_fast(self, req: Request, start: Any) -> None:
+        # A publish costs a task per request otherwise; a backend that can start it
+        # synchronously returns a future, which takes the task's place in the bookkeeping.
+        try:
+            fut = start(
+                req.exchange, req.routing_key, req.payload, req.headers, **_mandatory(req)
+            )
+        except KazooError as exc:
+            self._send_error(req.id, exc)
+            return
+        except Exception as exc:
+            self._send_error(req.id, self._internal(exc, req.op))
+            return
+        self._tasks.add(fut)
+        self._server._tasks.add(fut)
+        fut.add_done_callback(functools.partial(self._fast_done, req))
+
+    def _fast_done(self, req: Request, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._send_error(
+                req.id, ShuttingDown(f"the daemon is stopping; the {req.op} was interrupted")
+            )
+        else:
+            exc = fut.exception()
+            if exc is None:
+                try:
+                    self._send(encode_response_ok(req.id, fut.result()))
+                except Exception as err:
+                    self._send_error(req.id, self._internal(err, req.op))
+            elif isinstance(exc, KazooError):
+                self._send_error(req.id, exc)
+            else:
+                self._send_error(req.id, self._internal(exc, req.op))  # type: ignore[arg-type]
+        self._task_done(fut)  # type: ignore[arg-type]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
