@@ -30,6 +30,7 @@ from kazoo_amqp.errors import (
     BadRoutingKey,
     ConfigError,
     KazooError,
+    MissingField,
     NotConnected,
     QueryTimeout,
     UsageError,
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except NotConnected as exc:
         print(f"kazoo-amqp: {exc}", file=sys.stderr)
         return EXIT_NO_BROKER
-    except (ConfigError, UsageError, BadPayload, BadRoutingKey) as exc:
+    except (ConfigError, UsageError, BadPayload, BadRoutingKey, MissingField) as exc:
         print(f"kazoo-amqp: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KazooError as exc:

@@ -25,6 +25,8 @@ This module imports nothing of ours, so every layer (and the stdlib-only
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KazooError(Exception):
     """Base of every error raised on purpose by kazoo-amqp."""
@@ -136,10 +138,28 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
 }
 
 
-def error_from_name(name: str, message: str) -> KazooError:
+#: Extra attributes some errors carry; they travel with the error over the local socket.
+ERROR_ATTRS = ("key", "field", "reply_code", "msg_id", "timeout_ms")
+
+
+def error_attrs(exc: BaseException) -> dict[str, Any]:
+    """The extra attributes of ``exc`` worth sending along (those that are set)."""
+    return {
+        name: value
+        for name in ERROR_ATTRS
+        if (value := getattr(exc, name, None)) not in (None, "", 0, 0.0)
+        and isinstance(value, (str, int, float))
+    }
+
+
+def error_from_name(name: str, message: str, attrs: dict[str, Any] | None = None) -> KazooError:
     """Rebuild an error sent over the local socket; unknown names become ``KazooError``."""
     cls = ERRORS_BY_NAME.get(name, KazooError)
     try:
-        return cls(message)
+        exc = cls(message)
     except TypeError:  # pragma: no cover - every class above accepts one positional message
-        return KazooError(message)
+        exc = KazooError(message)
+    for attr, value in (attrs or {}).items():
+        if attr in ERROR_ATTRS and hasattr(exc, attr):
+            setattr(exc, attr, value)
+    return exc

@@ -181,12 +181,6 @@ def test_client_missing_from_raises_missing_field(daemon: DaemonProcess) -> None
     assert not _db_path(daemon).exists() or sqlite_rows(_db_path(daemon)) == []
 
 
-@pytest.mark.xfail(
-    reason="src bug: MissingField.field is lost over the local socket "
-    "(core/wire.py Response.error -> errors.error_from_name(type, message) rebuilds "
-    "MissingField(message) with field=''); only the message names the field",
-    strict=False,
-)
 @broker
 def test_client_missing_field_attribute_survives_the_socket(daemon: DaemonProcess) -> None:
     with daemon.client() as c, pytest.raises(MissingField) as exc:
@@ -280,11 +274,6 @@ def test_cli_pua_publish_without_a_daemon_writes_directly(tmp_path: Path) -> Non
     assert len(sqlite_rows(db)) == 2
 
 
-@pytest.mark.xfail(
-    reason="src bug: cli.main maps MissingField (a PresenceError, not a UsageError) to "
-    "EXIT_FAILED=5 instead of EXIT_BAD_INPUT=2 ('bad arguments, bad payload, bad config')",
-    strict=False,
-)
 def test_cli_pua_publish_missing_field_exits_2(tmp_path: Path) -> None:
     cfg, _db = _no_daemon_config(tmp_path)
     proc = cli("pua-publish", json.dumps(dialog(From=None)), "--package", "dialog",

@@ -41,6 +41,7 @@ from kazoo_amqp.errors import (
     BadPayload,
     KazooError,
     ProtocolError,
+    error_attrs,
     error_from_name,
 )
 
@@ -104,12 +105,13 @@ class Response:
     result: Any = None
     error_type: str = ""
     error_message: str = ""
+    error_attrs: dict[str, Any] | None = None
 
     def error(self) -> KazooError:
         """The error this response carries, rebuilt as its :mod:`kazoo_amqp.errors` class."""
         if self.ok:
             raise ValueError("error() called on a successful response")
-        return error_from_name(self.error_type, self.error_message)
+        return error_from_name(self.error_type, self.error_message, self.error_attrs)
 
 
 # --------------------------------------------------------------------------------------
@@ -166,19 +168,25 @@ def encode_response_error(id: int | None, exc: BaseException) -> bytes:
     A :class:`KazooError` is sent under its :func:`error_type_name` with ``str(exc)``; any
     other exception is sent as ``KazooError`` with ``"internal error: <Class>: <text>"``.
     """
+    error: dict[str, Any]
     if isinstance(exc, KazooError):
-        type_name = error_type_name(exc)
-        message = str(exc)
+        error = {"type": error_type_name(exc), "message": str(exc)}
+        attrs = error_attrs(exc)
+        if attrs:
+            error["attrs"] = attrs
     else:
-        type_name = "KazooError"
-        message = f"internal error: {type(exc).__name__}: {exc}"
+        error = {"type": "KazooError", "message": f"internal error: {type(exc).__name__}: {exc}"}
     try:
-        text = _dumps({"id": id, "ok": False, "error": {"type": type_name, "message": message}})
+        text = _dumps({"id": id, "ok": False, "error": error})
         return encode_frame(text.encode("utf-8"))
     except UnicodeEncodeError:
         # A message holding a lone surrogate must still be sendable: escape it visibly.
-        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-        text = _dumps({"id": id, "ok": False, "error": {"type": type_name, "message": message}})
+        safe = {
+            k: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
+            for k, v in error.items()
+            if k != "attrs"
+        }
+        text = _dumps({"id": id, "ok": False, "error": safe})
         return encode_frame(text.encode("utf-8"))
 
 
@@ -347,4 +355,12 @@ def decode_response(frame: bytes) -> Response:
             f"response {response_id}: 'error' must be an object with string 'type' and "
             f"'message', not {error!r}"
         )
-    return Response(response_id, False, None, error["type"], error["message"])
+    attrs = error.get("attrs")
+    return Response(
+        response_id,
+        False,
+        None,
+        error["type"],
+        error["message"],
+        attrs if type(attrs) is dict else None,
+    )

@@ -153,6 +153,11 @@ class WorkerServices:
             "committed": "end of batch",
         }
 
+    def discard(self, seq: int) -> None:
+        """Forget the presence writes of a delivery whose route failed (it is rejected)."""
+        if self._pending and self._pending[-1][0] == seq:
+            self._pending = [item for item in self._pending if item[0] != seq]
+
     def flush(self) -> set[int]:
         """Commit the batch's presence writes; return the seqs whose write failed."""
         if not self._pending:
@@ -237,6 +242,7 @@ class Worker:
         return self._run(doc, d.routing_key, d.exchange, d.redelivered, bkey, bsub)
 
     def handle_event(self, e: pipe.EventFrame) -> int:
+        self.services.current_seq = e.seq
         try:
             doc = jsonc.loads_object(e.body)
         except BadPayload as exc:  # pragma: no cover - we build these ourselves
@@ -283,6 +289,7 @@ class Worker:
             if inspect.isawaitable(result):
                 self._event_loop().run_until_complete(result)
         except Exception as exc:
+            self.services.discard(self.services.current_seq)
             level = logging.WARNING if isinstance(exc, KazooError) else logging.ERROR
             log.log(
                 level,
