@@ -38,9 +38,38 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SRC = REPO / "src"
 RESULTS = BENCH / "results"
 PY = sys.executable
+
+
+def _resolve_src() -> Path:
+    """Which kazoo_amqp the benchmarks run: ``KZBENCH_SRC`` = ``live`` (default: the working
+    tree's ``src/``), ``head`` or a commit (that commit's ``src/``, extracted once with
+    ``git archive`` into /tmp, so edits other people make while a run is going on do not change
+    what is measured), or a directory holding ``kazoo_amqp``."""
+    mode = os.environ.get("KZBENCH_SRC", "live")
+    if mode == "live":
+        return REPO / "src"
+    if os.path.isdir(mode):
+        return Path(mode).resolve()
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12",
+                          "HEAD" if mode == "head" else mode],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dest = Path(tempfile.gettempdir()) / f"kzbench-src-{sha}"
+    if not (dest / "src" / "kazoo_amqp").is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix="kzbench-src-tmp-"))
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "src"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        if not dest.exists():
+            tmp.rename(dest)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.environ["KZBENCH_SRC"] = str(dest / "src")  # children resolve to the same tree
+    return dest / "src"
+
+
+SRC = _resolve_src()
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
@@ -770,6 +799,7 @@ def machine_info() -> dict[str, Any]:
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--", "src"],
                                capture_output=True, text=True, timeout=10).stdout.split("\n")
         git = {"head": head, "src_modified": [x.strip() for x in dirty if x.strip()]}
+    git["src_measured"] = str(SRC)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git": git,
         "host": socket.gethostname(), "cpus": os.cpu_count(), "cpu_model": model,

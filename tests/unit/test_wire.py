@@ -111,9 +111,9 @@ BAD_REQUESTS = [
         6,
     ),
     (
-        "payload-object",
-        obj(id=7, op="publish", exchange="e", routing_key="r", payload={}),
-        "'payload' must be a string, not an object",
+        "payload-array",
+        obj(id=7, op="publish", exchange="e", routing_key="r", payload=[]),
+        "'payload' must be JSON text or an object, not an array",
         7,
     ),
     (

@@ -15,13 +15,14 @@ from types import TracebackType
 from typing import Any
 
 from kazoo_amqp.core.framing import FrameDecoder
-from kazoo_amqp.core.wire import Response, decode_response, encode_request
+from kazoo_amqp.core.wire import Response, decode_response
 from kazoo_amqp.errors import KazooError, NotConnected, ProtocolError
 from kazoo_amqp.ipc.client import (
     _ID_MASK,
     Payload,
     _connect_error,
     _dict_result,
+    _encode,
     _lost,
     _mandatory,
     _no_answer,
@@ -284,7 +285,7 @@ class AsyncClient:
         if protocol is None or protocol.lost or self._pid != os.getpid():
             protocol = await self._connection()
         self._next_id = request_id = (self._next_id + 1) & _ID_MASK
-        frame = encode_request(request_id, op, **fields)
+        frame = _encode(request_id, op, fields)
         await protocol.writable()
         if protocol.lost:
             raise _lost(self._path, op)  # lost while waiting to write; nothing was sent

@@ -62,7 +62,6 @@ DEFAULT_QUERY_WAIT = 10.0
 _RECV_SIZE = 65536
 _ID_MASK = 0x7FFFFFFF
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE killing Kamailio
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _reply_parser() -> Callable[[str], Any]:
@@ -81,15 +80,13 @@ _parse_reply = _reply_parser()
 # shared argument handling
 
 
-def _payload_text(payload: Payload) -> str:
-    """The payload as JSON text: a dict is serialised, text is passed on unparsed."""
+def _payload_text(payload: Payload) -> str | dict[str, Any]:
+    """The payload for the request: text is passed on unparsed, a dict travels as a JSON object
+    inside the request (the daemon then parses it once, with the request)."""
     if isinstance(payload, str):
         return payload
     if isinstance(payload, dict):
-        try:
-            return _dumps(payload)
-        except (TypeError, ValueError) as exc:
-            raise BadPayload(f"payload cannot be serialised to JSON: {exc}") from None
+        return payload
     if isinstance(payload, bytes | bytearray | memoryview):
         try:
             return bytes(payload).decode("utf-8")
@@ -123,6 +120,14 @@ def _mandatory(mandatory: bool) -> dict[str, bool]:
     if type(mandatory) is not bool:
         raise UsageError(f"mandatory must be True or False, not {mandatory!r}")
     return {"mandatory": True} if mandatory else {}
+
+
+def _encode(request_id: int, op: str, fields: dict[str, Any]) -> bytes:
+    """The framed request; a payload dict that is not JSON-serialisable is a BadPayload."""
+    try:
+        return encode_request(request_id, op, **fields)
+    except (TypeError, ValueError) as exc:
+        raise BadPayload(f"payload cannot be serialised to JSON: {exc}") from None
 
 
 def _query_wait(timeout_ms: int | None) -> float:
@@ -307,7 +312,7 @@ class Client:
             self._after_fork()
         with self._lock:
             self._next_id = request_id = (self._next_id + 1) & _ID_MASK
-            frame = encode_request(request_id, op, **fields)
+            frame = _encode(request_id, op, fields)
             sock = self._connected()
             try:
                 sock.sendall(frame, _SEND_FLAGS)
