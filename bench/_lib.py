@@ -111,11 +111,11 @@ def kazoo_event(i: int, category: str = "bench", name: str = "consume") -> dict[
     return {
         "Event-Category": category,
         "Event-Name": name,
-        "Call-ID": "%08d-%s@kzbench.local" % (i, "a1b2c3d4e5f6"),
+        "Call-ID": f"{i:08d}-a1b2c3d4e5f6@kzbench.local",
         "From": "sip:1001@bench.local",
         "To": "sip:1002@bench.local",
-        "From-Tag": "ft-%08d" % i,
-        "To-Tag": "tt-%08d" % i,
+        "From-Tag": f"ft-{i:08d}",
+        "To-Tag": f"tt-{i:08d}",
         "State": "early",
         "Direction": "initiator",
         "Expires": 3600,
@@ -135,7 +135,7 @@ def wire_body(i: int, category: str = "bench", name: str = "consume") -> bytes:
     d.update({
         "App-Name": "kamailio", "App-Version": "5.6.3", "Node": "kamailio@bench.local",
         "Msg-ID": str(uuid.UUID(int=i)),
-        "Server-ID": "kamailio@bench.local-<1>-targeted-%d" % (i % 50),
+        "Server-ID": f"kamailio@bench.local-<1>-targeted-{i % 50}",
     })
     return ("{ " + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in d.items())
             + " }").encode()
@@ -194,6 +194,9 @@ class Broker:
 
     def depth(self, queue: str) -> int:
         return int(self._channel().queue_declare(queue, passive=True).method.message_count)
+
+    def consumers(self, queue: str) -> int:
+        return int(self._channel().queue_declare(queue, passive=True).method.consumer_count)
 
     def purge(self, queue: str) -> None:
         self._channel().queue_purge(queue)
@@ -370,7 +373,7 @@ class Sampler:
 
     def stop(self) -> dict[str, Any]:
         dt = time.perf_counter() - self.t0
-        busy1, total1 = machine_jiffies()
+        busy1, _ = machine_jiffies()
         cpu: dict[str, float] = {}
         for g, pids in self.groups.items():
             s = 0.0
@@ -733,7 +736,7 @@ def print_profile(p: dict[str, Any], n: int = 10) -> None:
 def percentile(sorted_vals: list[float], p: float) -> float | None:
     if not sorted_vals:
         return None
-    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    k = min(len(sorted_vals) - 1, max(0, round(p / 100.0 * len(sorted_vals) + 0.5) - 1))
     return sorted_vals[k]
 
 
@@ -756,10 +759,11 @@ def mmm(vals: Iterable[float | None]) -> dict[str, Any] | None:
 
 def fmt(x: Any, digits: int = 0) -> str:
     if x is None:
-        return "–"
+        return "-"
     if isinstance(x, dict) and "median" in x:
         if len(x["runs"]) > 1:
-            return f"{fmt(x['median'], digits)} [{fmt(x['min'], digits)} – {fmt(x['max'], digits)}]"
+            lo, hi = fmt(x["min"], digits), fmt(x["max"], digits)
+            return f"{fmt(x['median'], digits)} [{lo} .. {hi}]"
         return fmt(x["median"], digits)
     if isinstance(x, float | int):
         return f"{x:,.{digits}f}"
@@ -808,9 +812,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def result_name(name: str) -> str:
+    """``name``, or ``name-<KZBENCH_TAG>`` when that is set (keeps runs of variants apart)."""
+    tag = os.environ.get("KZBENCH_TAG", "")
+    return f"{name}-{tag}" if tag else name
+
+
 def save_result(name: str, obj: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    obj.setdefault("tag", os.environ.get("KZBENCH_TAG") or None)
+    path = RESULTS / f"{result_name(name)}.json"
     path.write_text(json.dumps(obj, indent=1, default=str))
     return path
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lib as L  # noqa: E402
+import _lib as L
 
 TARGETS = {"noack": 30000, "ack": 20000}
 C_NUM = {"noack": L.C_NUMBERS["consume_noack_ev_s"], "ack": L.C_NUMBERS["consume_ack_ev_s"]}
@@ -102,7 +102,8 @@ def subscription(exchange: str, queue: str, mode: str) -> dict:
 
 
 def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool,
-             prefetch: int | None, keep: bool = False, a_deadline: float = 120.0) -> dict:
+             prefetch: int | None, keep: bool = False, a_deadline: float = 120.0,
+             stall_timeout: float = 10.0) -> dict:
     broker = L.Broker()
     exchange = broker.exchange(L.unique("consume"))
     queue = broker.queue(exchange + ".q", exchange=exchange, keys=["bench.consume.#"])
@@ -129,6 +130,7 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
         t_drained = None
         total = 0
         polls = 0
+        last_total, last_progress, stalled = -1, time.monotonic(), False
         while time.monotonic() < deadline:
             cnt = read_counters(daemon.dir)
             total = sum(c[0] for c in cnt)
@@ -141,6 +143,14 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
                     profs = [L.Profiler(daemon.pid, "manager", est),
                              L.Profiler(wpids[0], "worker", est)]
             if total >= n:
+                break
+            now = time.monotonic()
+            if total != last_total:
+                last_total, last_progress = total, now
+            elif started and now - last_progress > stall_timeout:
+                stalled = True
+                L.log(f"  STALLED at {total} of {n} events: no progress for {stall_timeout:.0f} s"
+                      f" (queue consumers: {broker.consumers(queue)})")
                 break
             polls += 1
             if started and polls % 10 == 0:
@@ -158,9 +168,13 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
         last = max((c[2] for c in cnt), default=0.0)
         status = daemon.status()
         result = {
-            "mode": mode, "n": n, "handled": total, "workers_used": len(cnt),
+            "mode": mode, "n": n, "handled": total, "stalled": stalled,
+            "workers_used": len(cnt),
             "per_worker": sorted(c[0] for c in cnt),
-            "events_s": round(total / (last - first), 1) if last > first else None,
+            "events_s": round(total / (last - first), 1) if last > first and not stalled
+            else None,
+            "events_s_until_stall": round(total / (last - first), 1) if stalled and last > first
+            else None,
             "first_to_last_s": round(last - first, 3),
             "start_to_first_event_s": round(first - daemon.started_mono, 3),
             "body_bytes": len(bodies[0]), "prefill_s": round(t_fill, 2),
@@ -210,7 +224,8 @@ def main() -> int:
             r = run_once(mode, n, a.workers, bodies, False, a.prefetch, a.keep)
             runs[mode].append(r)
             cpu = r["cpu_us_per_msg"]
-            L.log(f"  {mode} rep {rep + 1}: {L.fmt(r['events_s'])} ev/s, handled {r['handled']}, "
+            L.log(f"  {mode} rep {rep + 1}: {L.fmt(r['events_s'])} ev/s, handled {r['handled']}"
+                  f"{' STALLED' if r['stalled'] else ''}, "
                   f"workers {r['per_worker']}, CPU µs/msg {cpu}, "
                   f"busy {r['cpu']['machine_busy_pct'] if r['cpu'] else None}%")
     if a.profile:
@@ -248,7 +263,7 @@ def main() -> int:
                    *(f"{g} µs/msg" for g in groups), "peak RSS kB", "peak PSS kB"],
                   [[m, L.fmt(summary[m]["events_s"]), f">= {TARGETS[m]:,}", f"{C_NUM[m]:,}",
                     f"{summary[m]['events_s']['median'] / C_NUM[m]:.2f}"
-                    if summary[m]["events_s"] else "–",
+                    if summary[m]["events_s"] else "-",
                     *(L.fmt(summary[m]["cpu_us_per_msg"][g], 1) for g in groups),
                     L.fmt(summary[m]["mem_peak_rss_kb"]), L.fmt(summary[m]["mem_peak_pss_kb"])]
                    for m in modes]))

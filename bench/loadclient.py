@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lib as L  # noqa: E402
+import _lib as L
 
 
 def _bodies(a: argparse.Namespace) -> list[str]:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lib as L  # noqa: E402
-import loadclient  # noqa: E402
+import _lib as L
+import loadclient
 
 TARGET = 20000
 RK = "bench.publish.dialog"
@@ -214,9 +214,9 @@ def main() -> int:
         [["p4_async", L.fmt(sm["broker_msg_s"]), L.fmt(sm["client_msg_s"]),
           L.fmt(sm["latency_p50_ms"], 2), L.fmt(sm["latency_p99_ms"], 2), f">= {TARGET:,}",
           f"{L.C_NUMBERS['publish_p4_broker_msg_s']:,}"],
-         ["p1_sync", "–", L.fmt(summary["p1_sync"]["msg_s"]),
+         ["p1_sync", "-", L.fmt(summary["p1_sync"]["msg_s"]),
           L.fmt(summary["p1_sync"]["latency_p50_ms"], 3),
-          L.fmt(summary["p1_sync"]["latency_p99_ms"], 3), "–", "p50 0.060 ms (no confirm)"]]))
+          L.fmt(summary["p1_sync"]["latency_p99_ms"], 3), "-", "p50 0.060 ms (no confirm)"]]))
     print()
     print(L.table(["CPU µs/msg (p4_async)", "manager", "workers", "clients", "rabbitmq"],
                   [["median", *(L.fmt(sm["cpu_us_per_msg"][g], 1)

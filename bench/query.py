@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lib as L  # noqa: E402
-import loadclient  # noqa: E402
+import _lib as L
+import loadclient
 
 RESPONDER = str(Path(__file__).resolve().parent / "responder.py")
 RK = "bench.query.route"
@@ -75,7 +75,7 @@ def capacity(broker: L.Broker, exchange: str, queue: str, impl: str, n: int) -> 
     sampler = L.Sampler({"responder": [rpid], "rabbitmq": [L.rabbit_pid()]}, mem_groups=())
     sampler.start()
     resp.wait_ready()
-    t_done, depth = broker.wait_depth(sink, n, timeout=120)
+    _, depth = broker.wait_depth(sink, n, timeout=120)
     st = resp.result(timeout=60)
     cpu = sampler.stop()
     L.add_reported_cpu(cpu, "responder", [st["cpu_s"]])
@@ -250,11 +250,11 @@ def main() -> int:
     print()
     print(L.table(["responder alone", "replies/s", "CPU µs/reply"],
                   [[k, L.fmt(v), L.fmt(summary["responder_capacity"][k]["cpu_us_per_reply"], 1)
-                    if summary["responder_capacity"][k] else "–"] for k, v in cap.items()]))
+                    if summary["responder_capacity"][k] else "-"] for k, v in cap.items()]))
     print()
     rows = []
     for run, tgt, c in (("c1_async", f"p50 <= {TARGET_P50_MS} ms", "p50 1.18 ms (0.94 in-route)"),
-                        ("c1_sync", "–", "sync kazoo_query crashes"),
+                        ("c1_sync", "-", "sync kazoo_query crashes"),
                         (cname, f">= {TARGET_C32:,}/s", "1,882/s")):
         s = summary[run]
         rows.append([run, L.fmt(s["req_s"]), L.fmt(s["p50_ms"], 3), L.fmt(s["p90_ms"], 3),

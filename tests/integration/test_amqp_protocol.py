@@ -806,3 +806,33 @@ async def test_handshake_timeout_is_not_connected() -> None:
         f"cannot reach RabbitMQ at 127.0.0.1:{port}: "
         "the AMQP handshake did not complete within 0.5 s"
     )
+
+
+@pytest.mark.broker
+async def test_out_of_order_acks_never_ack_a_tag_twice(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    """Acks arriving in random order keep the channel open and the prefetch window moving."""
+    import random
+
+    ch = await conn.channel()
+    queue = await temp_queue(ch, cleanup)
+    pub = await conn.channel(confirms=True)
+    await asyncio.gather(*(pub.publish("", queue, b"x") for _ in range(400)))  # type: ignore[misc]
+    consumer = await conn.channel()
+    await consumer.basic_qos(20)
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    done = loop.create_future()
+
+    def on(d: Delivery) -> None:
+        got.append(d.delivery_tag)
+        loop.call_later(random.random() * 0.003, consumer.ack, d.delivery_tag)
+        if len(got) == 400 and not done.done():
+            done.set_result(None)
+
+    await consumer.basic_consume(queue, on, no_ack=False)
+    await asyncio.wait_for(done, 20)
+    await asyncio.sleep(0.1)
+    assert consumer.is_open
+    assert len(got) == 400

@@ -333,3 +333,47 @@ def slow(kz):
         ready, _ = _queue_depth(q)
         assert ready >= 40  # at most 5 unacked were taken from the queue
         assert d.status()["workers"]["inflight"] <= 5
+
+
+def test_ack_after_handler_keeps_flowing_past_the_prefetch_window(tmp_path: Path) -> None:
+    """Acks reach the broker, so more messages than `prefetch` are all handled and acked."""
+    ex, q = unique("kzt.flow"), unique("kzt.flowq")
+    body = """
+@router.route("kazoo:consumer-event-test-flow")
+def flow(kz):
+    if kz.payload["N"] % 100 == 99:
+        record(kz)
+"""
+    routes = _routes(ex, q, ', "no_ack": 0, "prefetch": 20', body)
+    with DaemonProcess(tmp_path, routes, workers=3) as d:
+        msgs = [json.dumps({"Event-Category": "test", "Event-Name": "flow", "N": i}).encode()
+                for i in range(1000)]
+        _publish(ex, msgs)
+        assert len(d.wait_events(10, route="kazoo:consumer-event-test-flow", timeout=20)) == 10
+        time.sleep(0.3)
+        assert d.status()["workers"]["done"] == 1000
+
+
+def test_a_consumer_whose_queue_is_deleted_is_declared_again(tmp_path: Path) -> None:
+    """When the broker cancels a consumer (queue deleted), the daemon re-declares and resumes."""
+    ex, q = unique("kzt.del"), unique("kzt.delq")
+    body = """
+@router.route("kazoo:consumer-event-test-del")
+def d(kz):
+    record(kz)
+"""
+    with DaemonProcess(tmp_path, _routes(ex, q, "", body), workers=1) as d:
+        conn = pika_connection()
+        conn.channel().queue_delete(q)
+        conn.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if _queue_depth(q)[1] == 1:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        _publish(ex, [b'{"Event-Category": "test", "Event-Name": "del"}'])
+        assert d.wait_events(1, route="kazoo:consumer-event-test-del")
+        assert d.status()["manager"]["consumer_restarts"] >= 1

@@ -131,6 +131,7 @@ class Manager:
         self._confirm_timeout = settings.publish_confirm_timeout_ms / 1000
         self._sweeper: asyncio.Task[None] | None = None
         self._ids = _MsgIds()
+        self._consumers_stopped = False
         self.counters: dict[str, int] = {
             "published": 0,
             "publish_failed": 0,
@@ -145,6 +146,7 @@ class Manager:
             "deliveries": 0,
             "oversize": 0,
             "declare_errors": 0,
+            "consumer_restarts": 0,
             "connects": 0,
             "disconnects": 0,
         }
@@ -180,6 +182,7 @@ class Manager:
 
     async def stop_consuming(self) -> None:
         """Cancel every consumer so no new deliveries arrive (first step of shutdown)."""
+        self._consumers_stopped = True
         for link in self.links:
             for ch in link.consumer_channels:
                 with contextlib.suppress(Exception):
@@ -360,6 +363,7 @@ class Manager:
                     no_ack=sub.ack_mode is AckMode.BROKER,
                 )
                 link.consumer_channels.append(ch)
+                self._watch_consumer(link, ch, sub)
             except BrokerRefused as exc:
                 # Like C, one bad subscription does not stop the others; unlike C we say why.
                 self.counters["declare_errors"] += 1
@@ -372,6 +376,28 @@ class Manager:
                     link.spec.redacted,
                     exc,
                 )
+
+    def _watch_consumer(self, link: BrokerLink, ch: Channel, sub: Subscription) -> None:
+        """A consumer the broker cancels or whose channel it closes must not go quiet: drop
+        the consume connection so the link reconnects and declares everything again."""
+        consume = link.consume
+
+        def restart(reason: object) -> None:
+            if self._closing or self._consumers_stopped or consume is None or not consume.is_open:
+                return
+            if ch not in link.consumer_channels:
+                return  # we closed it ourselves (shutdown)
+            self.counters["consumer_restarts"] += 1
+            log.error(
+                "consumer of queue %r on %s stopped (%s): reconnecting to declare it again",
+                sub.queue.name,
+                link.spec.redacted,
+                reason,
+            )
+            consume.abort()
+
+        ch.closed.add_done_callback(lambda fut: restart(fut.result()))
+        ch.on_cancel = lambda tag: restart(f"the broker cancelled consumer {tag}")
 
     async def _declare_one(self, ch: Channel, sub: Subscription) -> str:
         """Declare one subscription's topology in the order of §6.4; return the queue name."""
@@ -591,8 +617,9 @@ class Manager:
             doc["Server-ID"] = server_id_for(self.settings.node_hostname, link.spec.server_id)
         body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
         assert link.channel is not None
-        confirm = link.channel.publish(exchange, key, body, headers=hdrs or None,
-                                       mandatory=mandatory)
+        confirm = link.channel.publish(
+            exchange, key, body, headers=hdrs or None, mandatory=mandatory
+        )
         if confirm is None:  # pragma: no cover - our publish channels always confirm
             result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
             return result
@@ -659,9 +686,11 @@ class Manager:
             while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
                 _, confirm, link = deadlines.popleft()
                 if not confirm.done() and link.control is not None:
-                    log.warning("no confirm from %s within publish_confirm_timeout_ms: "
-                                "dropping the connection, unconfirmed publishes go out again",
-                                link.spec.redacted)
+                    log.warning(
+                        "no confirm from %s within publish_confirm_timeout_ms: "
+                        "dropping the connection, unconfirmed publishes go out again",
+                        link.spec.redacted,
+                    )
                     link.control.abort()  # fails every pending confirm with NotConnected
 
     async def query(

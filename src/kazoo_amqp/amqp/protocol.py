@@ -337,7 +337,6 @@ def allow_any_name() -> None:
     constants.DOMAIN_REGEX["exchange-name"] = anything
 
 
-
 class Connection:
     """One AMQP connection. Create it with ``await Connection.connect(...)``."""
 
@@ -1338,9 +1337,18 @@ class Channel:
                     first = tag
                 run += 1
                 floor = tag
-                while above and floor + 1 in above:  # acked one by one before: harmless
-                    floor += 1
-                    above.remove(floor)
+                if above and floor + 1 in above:
+                    # Tags right above were acked one by one already: end the run here, so
+                    # that a multiple ack never names a tag the broker no longer holds
+                    # (that is a 406 PRECONDITION_FAILED which closes the channel).
+                    if run == 1:
+                        out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
+                    else:
+                        out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
+                    run = 0
+                    while above and floor + 1 in above:
+                        floor += 1
+                        above.remove(floor)
                 continue
             if run:
                 if run == 1:
