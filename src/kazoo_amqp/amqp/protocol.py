@@ -1329,32 +1329,25 @@ class Channel:
         out = self._conn._out
         above = self._settled_above
         floor = self._ack_floor
-        run = 0  # batched tags in the pending run, which ends at floor
-        first = 0
+        run = 0  # batched tags in the pending run
+        first = last = 0  # first and last batched tag of the run
         for tag in tags:
             if tag == floor + 1:
                 if not run:
                     first = tag
                 run += 1
-                floor = tag
-                if above and floor + 1 in above:
-                    # Tags right above were acked one by one already: end the run here, so
-                    # that a multiple ack never names a tag the broker no longer holds
-                    # (that is a 406 PRECONDITION_FAILED which closes the channel).
-                    if run == 1:
-                        out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
-                    else:
-                        out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
-                    run = 0
-                    while above and floor + 1 in above:
-                        floor += 1
-                        above.remove(floor)
+                last = floor = tag
+                while above and floor + 1 in above:  # acked one by one before
+                    floor += 1
+                    above.remove(floor)
                 continue
             if run:
+                # A multiple ack names the run's last *batched* tag: never one the broker no
+                # longer holds (that is a 406 PRECONDITION_FAILED closing the channel).
                 if run == 1:
                     out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
                 else:
-                    out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
+                    out.append(pack(1, number, 13, 60, 80, last, 1, _FRAME_END))
                 run = 0
             out.append(pack(1, number, 13, 60, 80, tag, 0, _FRAME_END))
             if tag > floor:
@@ -1363,7 +1356,7 @@ class Channel:
             if run == 1:
                 out.append(pack(1, number, 13, 60, 80, first, 0, _FRAME_END))
             else:
-                out.append(pack(1, number, 13, 60, 80, floor, 1, _FRAME_END))
+                out.append(pack(1, number, 13, 60, 80, last, 1, _FRAME_END))
         self._ack_floor = floor
         if len(above) > 65536:
             self._stop_coalescing()
