@@ -299,3 +299,40 @@ def test_mandatory_query_without_a_consumer_fails_before_its_timeout(
             c.query("amq.topic", unique("nobody.bound"), {"a": 1}, timeout_ms=5000,
                     mandatory=True)
         assert time.monotonic() - started < 1.0
+
+
+def test_publish_batch_confirms_every_message_and_reports_each_outcome(
+    daemon: DaemonProcess,
+) -> None:
+    """A batch is one round trip; each message gets its own result or error, in order."""
+    from kazoo_amqp import BadPayload as _BadPayload
+
+    ex, q = unique("kzt.batch"), unique("kzt.batchq")
+    conn = pika_connection()
+    ch = conn.channel()
+    ch.exchange_declare(ex, "topic", auto_delete=True)
+    ch.queue_declare(q, auto_delete=True)
+    ch.queue_bind(q, ex, "#")
+    messages = [(ex, f"k.{i}", {"Event-Category": "b", "N": i}) for i in range(500)]
+    messages.insert(7, (ex, "k.bad", "not json"))
+    with daemon.client() as c:
+        results = c.publish_batch(messages)
+    assert len(results) == 501
+    assert isinstance(results[7], _BadPayload)
+    good = [r for i, r in enumerate(results) if i != 7]
+    assert all(isinstance(r, dict) and r["server_id"] == 1 for r in good)
+    got = drain(ch, q, 500)
+    conn.close()
+    assert [json.loads(b)["N"] for _, _, b in got] == list(range(500))  # order kept
+
+
+async def test_async_publish_batch(daemon: DaemonProcess) -> None:
+    """AsyncClient.publish_batch accepts dicts and returns one result per message."""
+    from kazoo_amqp import AsyncClient
+
+    async with AsyncClient(daemon.socket) as c:
+        results = await c.publish_batch(
+            [{"exchange": "amq.topic", "routing_key": unique("x"), "payload": {"a": i}}
+             for i in range(50)]
+        )
+    assert len(results) == 50 and all(isinstance(r, dict) for r in results)

@@ -60,8 +60,11 @@ __all__ = [
     "error_type_name",
 ]
 
-Op = Literal["publish", "query", "pua_publish", "status", "ping"]
-OPS: Final = frozenset({"publish", "query", "pua_publish", "status", "ping"})
+Op = Literal["publish", "publish_batch", "query", "pua_publish", "status", "ping"]
+OPS: Final = frozenset({"publish", "publish_batch", "query", "pua_publish", "status", "ping"})
+
+#: Most messages one ``publish_batch`` request may carry.
+MAX_BATCH: Final = 10000
 PUA_PACKAGES: Final = frozenset({"presence", "dialog", "message-summary"})
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -94,6 +97,7 @@ class Request:
     timeout_ms: int | None = None
     package: str | None = None
     mandatory: bool = False
+    messages: tuple[Request, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,38 @@ def error_type_name(exc: BaseException) -> str:
     return "KazooError"
 
 
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """``{"type", "message"[, "attrs"]}`` describing ``exc`` on the wire."""
+    if not isinstance(exc, KazooError):
+        return {"type": "KazooError", "message": f"internal error: {type(exc).__name__}: {exc}"}
+    error: dict[str, Any] = {"type": error_type_name(exc), "message": str(exc)}
+    attrs = error_attrs(exc)
+    if attrs:
+        error["attrs"] = attrs
+    return error
+
+
+def batch_results(items: list[Any]) -> list[dict[str, Any] | KazooError]:
+    """Decode a ``publish_batch`` result: one result dict or rebuilt error per message."""
+    out: list[dict[str, Any] | KazooError] = []
+    for item in items:
+        if type(item) is dict and item.get("ok") is True:
+            out.append(item.get("result") or {})
+        elif type(item) is dict and type(item.get("error")) is dict:
+            err = item["error"]
+            attrs = err.get("attrs")
+            out.append(
+                error_from_name(
+                    str(err.get("type")),
+                    str(err.get("message")),
+                    attrs if type(attrs) is dict else None,
+                )
+            )
+        else:
+            out.append(KazooError(f"malformed publish_batch result item: {item!r}"))
+    return out
+
+
 def encode_response_ok(id: int, result: Any) -> bytes:
     """Return the framed success response for request ``id``.
 
@@ -168,14 +204,7 @@ def encode_response_error(id: int | None, exc: BaseException) -> bytes:
     A :class:`KazooError` is sent under its :func:`error_type_name` with ``str(exc)``; any
     other exception is sent as ``KazooError`` with ``"internal error: <Class>: <text>"``.
     """
-    error: dict[str, Any]
-    if isinstance(exc, KazooError):
-        error = {"type": error_type_name(exc), "message": str(exc)}
-        attrs = error_attrs(exc)
-        if attrs:
-            error["attrs"] = attrs
-    else:
-        error = {"type": "KazooError", "message": f"internal error: {type(exc).__name__}: {exc}"}
+    error = error_object(exc)
     try:
         text = _dumps({"id": id, "ok": False, "error": error})
         return encode_frame(text.encode("utf-8"))
@@ -296,6 +325,35 @@ def decode_request(frame: bytes) -> Request:
             headers=_optional_field(obj, "headers", request_id, op),
             mandatory=_flag(obj, "mandatory", request_id, op),
         )
+    if op == "publish_batch":
+        items = obj.get("messages")
+        if type(items) is not list or not 0 < len(items) <= MAX_BATCH:
+            raise BadRequest(
+                f"publish_batch request {request_id}: 'messages' must be a list of 1 to "
+                f"{MAX_BATCH} publish objects, not {_json_kind(items)}",
+                request_id=request_id,
+            )
+        messages = []
+        for n, item in enumerate(items):
+            if type(item) is not dict:
+                raise BadRequest(
+                    f"publish_batch request {request_id}: message {n} must be an object with "
+                    f"exchange, routing_key and payload, not {_json_kind(item)}",
+                    request_id=request_id,
+                )
+            where = f"publish_batch message {n} of"
+            messages.append(
+                Request(
+                    request_id,
+                    "publish",
+                    exchange=_field(item, "exchange", request_id, where),
+                    routing_key=_field(item, "routing_key", request_id, where),
+                    payload=_payload_field(item, request_id, where),
+                    headers=_optional_field(item, "headers", request_id, where),
+                    mandatory=_flag(item, "mandatory", request_id, where),
+                )
+            )
+        return Request(request_id, "publish_batch", messages=tuple(messages))
     if op == "query":
         timeout_ms = obj.get("timeout_ms")
         if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):

@@ -20,6 +20,8 @@ from kazoo_amqp.errors import KazooError, NotConnected, ProtocolError
 from kazoo_amqp.ipc.client import (
     _ID_MASK,
     Payload,
+    _batch_items,
+    _batch_result,
     _connect_error,
     _dict_result,
     _encode,
@@ -186,6 +188,11 @@ class AsyncClient:
             **_mandatory(mandatory),
         )
         return _dict_result("publish", result)
+
+    async def publish_batch(self, messages: Any) -> list[dict[str, Any] | KazooError]:
+        """Publish many messages in one round trip; each message's result or error, in order."""
+        items = _batch_items(messages)
+        return _batch_result(await self._call("publish_batch", self._timeout, messages=items))
 
     async def query(
         self,

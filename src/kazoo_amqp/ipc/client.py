@@ -38,7 +38,13 @@ from types import TracebackType
 from typing import Any
 
 from kazoo_amqp.core.framing import FrameDecoder
-from kazoo_amqp.core.wire import PUA_PACKAGES, Response, decode_response, encode_request
+from kazoo_amqp.core.wire import (
+    PUA_PACKAGES,
+    Response,
+    batch_results,
+    decode_response,
+    encode_request,
+)
 from kazoo_amqp.errors import (
     BadPayload,
     KazooError,
@@ -128,6 +134,46 @@ def _encode(request_id: int, op: str, fields: dict[str, Any]) -> bytes:
         return encode_request(request_id, op, **fields)
     except (TypeError, ValueError) as exc:
         raise BadPayload(f"payload cannot be serialised to JSON: {exc}") from None
+
+
+def _batch_items(messages: Any) -> list[dict[str, Any]]:
+    """``publish_batch`` messages: dicts with exchange, routing_key, payload (headers, mandatory
+    optional) or tuples ``(exchange, routing_key, payload[, headers])``."""
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, dict):
+            exchange, routing_key, payload = (
+                m.get("exchange"),
+                m.get("routing_key"),
+                m.get("payload"),
+            )
+            headers, mandatory = m.get("headers"), m.get("mandatory", False)
+        elif isinstance(m, tuple | list) and len(m) in (3, 4):
+            exchange, routing_key, payload = m[0], m[1], m[2]
+            headers, mandatory = (m[3] if len(m) == 4 else None), False
+        else:
+            raise UsageError(
+                "publish_batch messages are dicts {exchange, routing_key, payload[, headers]} "
+                f"or tuples (exchange, routing_key, payload[, headers]), not {m!r:.80}"
+            )
+        item = {
+            "exchange": _text_arg("exchange", exchange),
+            "routing_key": _text_arg("routing_key", routing_key),
+            "payload": _payload_text(payload),
+            **_mandatory(mandatory),
+        }
+        if headers is not None:
+            item["headers"] = _text_arg("headers", headers)
+        items.append(item)
+    if not items:
+        raise UsageError("publish_batch needs at least one message")
+    return items
+
+
+def _batch_result(result: Any) -> list[dict[str, Any] | KazooError]:
+    if not isinstance(result, list):
+        raise ProtocolError(f"publish_batch: the daemon answered {result!r:.80}, not a list")
+    return batch_results(result)
 
 
 def _query_wait(timeout_ms: int | None) -> float:
@@ -243,6 +289,15 @@ class Client:
             **_mandatory(mandatory),
         )
         return _dict_result("publish", result)
+
+    def publish_batch(self, messages: Any) -> list[dict[str, Any] | KazooError]:
+        """Publish many messages in one round trip (pipelined confirms on the daemon side).
+
+        Returns, in order, each message's result dict or the error it failed with (returned,
+        not raised, so one bad message does not hide the others' outcome).
+        """
+        items = _batch_items(messages)
+        return _batch_result(self._call("publish_batch", self._timeout, messages=items))
 
     def query(
         self,

@@ -45,6 +45,7 @@ from kazoo_amqp.core.wire import (
     decode_request,
     encode_response_error,
     encode_response_ok,
+    error_object,
     error_type_name,
 )
 from kazoo_amqp.errors import ConfigError, KazooError, ProtocolError, ShuttingDown
@@ -462,6 +463,9 @@ class _Connection(asyncio.Protocol):
         if req.op == "publish" and self._start_publish is not None:
             self._start_fast(req, self._start_publish)
             return
+        if req.op == "publish_batch":
+            self._start_batch(req)
+            return
         task = self._loop.create_task(self._run(req))
         self._tasks.add(task)
         self._server._tasks.add(task)
@@ -471,9 +475,7 @@ class _Connection(asyncio.Protocol):
         # A publish costs a task per request otherwise; a backend that can start it
         # synchronously returns a future, which takes the task's place in the bookkeeping.
         try:
-            fut = start(
-                req.exchange, req.routing_key, req.payload, req.headers, **_mandatory(req)
-            )
+            fut = start(req.exchange, req.routing_key, req.payload, req.headers, **_mandatory(req))
         except KazooError as exc:
             self._send_error(req.id, exc)
             return
@@ -483,6 +485,62 @@ class _Connection(asyncio.Protocol):
         self._tasks.add(fut)
         self._server._tasks.add(fut)
         fut.add_done_callback(functools.partial(self._fast_done, req))
+
+    def _start_batch(self, req: Request) -> None:
+        """Start every publish of a batch; one reply with a result or error per message."""
+        items = req.messages
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        remaining = len(items)
+        done: asyncio.Future[list[Any]] = self._loop.create_future()
+
+        def settle(index: int, outcome: dict[str, Any]) -> None:
+            nonlocal remaining
+            results[index] = outcome
+            remaining -= 1
+            if remaining == 0 and not done.done():
+                done.set_result(results)
+
+        def confirmed(index: int, fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                exc: BaseException | None = ShuttingDown("the daemon is stopping")
+            else:
+                exc = fut.exception()
+            if exc is None:
+                settle(index, {"ok": True, "result": fut.result()})
+            else:
+                settle(index, {"ok": False, "error": error_object(exc)})
+
+        start = self._start_publish
+        backend = self._backend
+        for index, item in enumerate(items):
+            try:
+                if start is not None:
+                    fut = start(
+                        item.exchange,
+                        item.routing_key,
+                        item.payload,
+                        item.headers,
+                        **_mandatory(item),
+                    )
+                else:
+                    fut = asyncio.ensure_future(
+                        backend.publish(
+                            item.exchange,
+                            item.routing_key,
+                            item.payload,
+                            item.headers,
+                            **_mandatory(item),
+                        )
+                    )
+            except Exception as exc:
+                if not isinstance(exc, KazooError):
+                    exc = self._internal(exc, "publish_batch")
+                settle(index, {"ok": False, "error": error_object(exc)})
+                continue
+            fut.add_done_callback(functools.partial(confirmed, index))
+        self._tasks.add(done)  # type: ignore[arg-type]
+        self._server._tasks.add(done)  # type: ignore[arg-type]
+        done.add_done_callback(functools.partial(self._fast_done, req))
 
     def _fast_done(self, req: Request, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
