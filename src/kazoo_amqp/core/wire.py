@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from kazoo_amqp.core.framing import encode_frame
 from kazoo_amqp.errors import (
@@ -97,7 +97,17 @@ class Request:
     timeout_ms: int | None = None
     package: str | None = None
     mandatory: bool = False
-    messages: tuple[Request, ...] = ()
+    messages: tuple[PublishItem, ...] = ()
+
+
+class PublishItem(NamedTuple):
+    """One message of a ``publish_batch`` (a tuple: batches are decoded per message)."""
+
+    exchange: str
+    routing_key: str
+    payload: str | dict[str, Any]
+    headers: str | None
+    mandatory: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,16 +351,27 @@ def decode_request(frame: bytes) -> Request:
                     f"exchange, routing_key and payload, not {_json_kind(item)}",
                     request_id=request_id,
                 )
+            exchange, routing_key, payload = (
+                item.get("exchange"),
+                item.get("routing_key"),
+                item.get("payload"),
+            )
+            if (
+                type(exchange) is str
+                and type(routing_key) is str
+                and (type(payload) is str or type(payload) is dict)
+                and len(item) == 3
+            ):  # the common shape, checked cheaply
+                messages.append(PublishItem(exchange, routing_key, payload, None, False))
+                continue
             where = f"publish_batch message {n} of"
             messages.append(
-                Request(
-                    request_id,
-                    "publish",
-                    exchange=_field(item, "exchange", request_id, where),
-                    routing_key=_field(item, "routing_key", request_id, where),
-                    payload=_payload_field(item, request_id, where),
-                    headers=_optional_field(item, "headers", request_id, where),
-                    mandatory=_flag(item, "mandatory", request_id, where),
+                PublishItem(
+                    _field(item, "exchange", request_id, where),
+                    _field(item, "routing_key", request_id, where),
+                    _payload_field(item, request_id, where),
+                    _optional_field(item, "headers", request_id, where),
+                    _flag(item, "mandatory", request_id, where),
                 )
             )
         return Request(request_id, "publish_batch", messages=tuple(messages))

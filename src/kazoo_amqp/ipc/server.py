@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.wire import (
     BadRequest,
+    PublishItem,
     Request,
     decode_request,
     encode_response_error,
@@ -130,7 +131,7 @@ class IpcStats:
         }
 
 
-def _mandatory(req: Request) -> dict[str, bool]:
+def _mandatory(req: Request | PublishItem) -> dict[str, bool]:
     # Passed only when set, so a Backend written before the flag existed keeps working.
     return {"mandatory": True} if req.mandatory else {}
 
