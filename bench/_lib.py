@@ -32,7 +32,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -640,8 +640,8 @@ class Profiler:
         if self.available:
             self.proc = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration", str(int(max(1, seconds))),
-                 "--rate", str(rate), "--format", "raw", "--nolineno", "--nonblocking",
-                 "--output", self.path],
+                 "--rate", str(rate), "--format", "raw", "--nolineno", "--output", self.path,
+                 *([] if os.environ.get("KZBENCH_PYSPY_BLOCKING") else ["--nonblocking"])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def wait(self) -> None:
@@ -665,6 +665,41 @@ class Profiler:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         return summarize_stacks(text, top=top) | {"pid": self.pid, "label": self.label}
+
+
+class PerfStat:
+    """``perf stat`` counting syscalls and context switches of ``pids`` until ``stop()``.
+
+    Kernel-side counting (tracepoint ``raw_syscalls:sys_enter``), so the processes are not slowed
+    the way strace would; gives syscalls and context switches per message."""
+
+    EVENTS = "raw_syscalls:sys_enter,context-switches"
+
+    def __init__(self, pids: list[int], label: str) -> None:
+        self.label = label
+        self.pids = [p for p in pids if p]
+        exe = shutil.which("perf")
+        self.proc: subprocess.Popen[str] | None = None
+        if exe and self.pids:
+            self.proc = subprocess.Popen(
+                [exe, "stat", "-x", ",", "-e", self.EVENTS, "-p", ",".join(map(str, self.pids))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> dict[str, Any]:
+        if self.proc is None:
+            return {"error": "perf not available"}
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        out: dict[str, Any] = {"label": self.label, "pids": self.pids}
+        for line in err.splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[0].strip().isdigit():
+                out[parts[2]] = int(parts[0])
+        return out
 
 
 def _frame_name(frame: str) -> str:
@@ -848,11 +883,6 @@ def common_args(parser: Any, *, reps: int = 3) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="one extra repetition under py-spy (manager + one worker)")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--perf", action="store_true",
+                        help="count syscalls and context switches per message (perf stat)")
 
-
-def run_guarded(fn: Callable[[], Any], cleanup: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    finally:
-        with contextlib.suppress(Exception):
-            cleanup()

@@ -103,7 +103,7 @@ def subscription(exchange: str, queue: str, mode: str) -> dict:
 
 def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool,
              prefetch: int | None, keep: bool = False, a_deadline: float = 120.0,
-             stall_timeout: float = 10.0) -> dict:
+             stall_timeout: float = 10.0, perf: bool = False) -> dict:
     broker = L.Broker()
     exchange = broker.exchange(L.unique("consume"))
     queue = broker.queue(exchange + ".q", exchange=exchange, keys=["bench.consume.#"])
@@ -127,6 +127,7 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
         deadline = time.monotonic() + a_deadline
         started = False
         profs: list[L.Profiler] = []
+        perfs: list[L.PerfStat] = []
         t_drained = None
         total = 0
         polls = 0
@@ -138,6 +139,8 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
                 sampler.start()
                 sampler.c0[daemon.pid] = manager_cpu0
                 started = True
+                if perf:
+                    perfs = [L.PerfStat([daemon.pid], "manager"), L.PerfStat(wpids, "workers")]
                 if profile:
                     est = max(3, int(n / TARGETS[mode]) + 1)
                     profs = [L.Profiler(daemon.pid, "manager", est),
@@ -162,6 +165,7 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
             time.sleep(0.01)
         sampler.sample_peak()
         cpu = sampler.stop() if started else None
+        perf_counts = [p.stop() for p in perfs]
         cnt = read_counters(daemon.dir)
         total = sum(c[0] for c in cnt)
         first = min((c[1] for c in cnt), default=0.0)
@@ -189,6 +193,10 @@ def run_once(mode: str, n: int, workers: int, bodies: list[bytes], profile: bool
         }
         if profs:
             result["profile"] = [p.summary() for p in profs]
+        if perf_counts:
+            result["perf"] = {c["label"]: {k: round(v / max(1, total), 3) for k, v in c.items()
+                                           if isinstance(v, int) and k != "pids"}
+                              | {"per": "message"} for c in perf_counts if "label" in c}
         code = daemon.stop()
         result["daemon_exit"] = code
         result["daemon_errors"] = daemon.log_errors()
@@ -221,9 +229,11 @@ def main() -> int:
     profile: dict[str, dict] = {}
     for rep in range(a.reps):
         for mode in modes:
-            r = run_once(mode, n, a.workers, bodies, False, a.prefetch, a.keep)
+            r = run_once(mode, n, a.workers, bodies, False, a.prefetch, a.keep, perf=a.perf)
             runs[mode].append(r)
             cpu = r["cpu_us_per_msg"]
+            if r.get("perf"):
+                L.log(f"  {mode} rep {rep + 1} syscalls/context switches per message: {r['perf']}")
             L.log(f"  {mode} rep {rep + 1}: {L.fmt(r['events_s'])} ev/s, handled {r['handled']}"
                   f"{' STALLED' if r['stalled'] else ''}, "
                   f"workers {r['per_worker']}, CPU µs/msg {cpu}, "
@@ -251,6 +261,9 @@ def main() -> int:
         "machine_busy_pct": med(m, ["cpu", "machine_busy_pct"]),
         "mem_peak_rss_kb": med(m, ["mem_peak", "total_rss_kb"]),
         "mem_peak_pss_kb": med(m, ["mem_peak", "total_pss_kb"]),
+        "perf_per_msg": {f"{g} {e}": med(m, ["perf", g, e]) for g in ("manager", "workers")
+                         for e in ("raw_syscalls:sys_enter", "context-switches")}
+        if any(r.get("perf") for r in runs[m]) else None,
     } for m in modes}
     met = {m: bool(summary[m]["events_s"] and summary[m]["events_s"]["median"] >= TARGETS[m])
            for m in modes}
@@ -267,6 +280,10 @@ def main() -> int:
                     *(L.fmt(summary[m]["cpu_us_per_msg"][g], 1) for g in groups),
                     L.fmt(summary[m]["mem_peak_rss_kb"]), L.fmt(summary[m]["mem_peak_pss_kb"])]
                    for m in modes]))
+    for m in modes:
+        if summary[m]["perf_per_msg"]:
+            print(f"{m}: per message " + ", ".join(
+                f"{k} {L.fmt(v, 2)}" for k, v in summary[m]["perf_per_msg"].items()))
     for mode, p in profile.items():
         for prof in p["profiles"]:
             prof["label"] = f"{mode} {prof.get('label')}"

@@ -89,6 +89,28 @@ async def run_async(a: argparse.Namespace) -> None:
     call = client.publish if a.op == "publish" else None
     t0 = mono()
 
+    done = [0]
+
+    async def batch_lane() -> None:
+        batch = a.batch
+        while state["next"] < a.count and mono() < deadline:
+            i = state["next"]
+            k = min(batch, a.count - i)
+            state["next"] = i + k
+            msgs = [(a.exchange, a.rk, bodies[(i + j) % 1000]) for j in range(k)]
+            t = perf()
+            try:
+                results = await client.publish_batch(msgs)
+            except Exception as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + k
+                continue
+            for res in results:
+                if isinstance(res, Exception):
+                    errors[type(res).__name__] = errors.get(type(res).__name__, 0) + 1
+                else:
+                    done[0] += 1
+            lat.append((perf() - t) * 1000)
+
     async def lane() -> None:
         while state["next"] < a.count and mono() < deadline:
             i = state["next"]
@@ -109,16 +131,19 @@ async def run_async(a: argparse.Namespace) -> None:
                 continue
             lat.append((perf() - t) * 1000)
 
-    await asyncio.gather(*(lane() for _ in range(a.concurrency)))
+    one = batch_lane if a.op == "publish_batch" else lane
+    await asyncio.gather(*(one() for _ in range(a.concurrency)))
     t1 = mono()
     await client.close()
-    print(_result(t0, t1, len(lat), errors, c0, lat, a.lat_every), flush=True)
+    n_done = done[0] if a.op == "publish_batch" else len(lat)
+    print(_result(t0, t1, n_done, errors, c0, lat, a.lat_every), flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--socket", required=True)
-    ap.add_argument("--op", choices=("publish", "query"), required=True)
+    ap.add_argument("--op", choices=("publish", "publish_batch", "query"), required=True)
+    ap.add_argument("--batch", type=int, default=64, help="messages per publish_batch call")
     ap.add_argument("--exchange", required=True)
     ap.add_argument("--rk", required=True)
     ap.add_argument("--event", default="bench.publish", help="Event-Category.Event-Name")
@@ -142,11 +167,12 @@ def main() -> int:
 def spawn(socket_path: str, op: str, exchange: str, rk: str, count: int, *, concurrency: int = 1,
           sync: bool = False, rate: float = 0.0, offset: int = 0, deadline: float = 120.0,
           event: str = "bench.publish", timeout_ms: int = 2000, lat_every: int = 1,
-          no_go: bool = False) -> L.Child:
+          no_go: bool = False, batch: int = 64) -> L.Child:
     args = [str(Path(__file__).resolve()), "--socket", socket_path, "--op", op, "--exchange",
             exchange, "--rk", rk, "--count", str(count), "--concurrency", str(concurrency),
             "--rate", str(rate), "--offset", str(offset), "--deadline", str(deadline),
-            "--event", event, "--timeout-ms", str(timeout_ms), "--lat-every", str(lat_every)]
+            "--event", event, "--timeout-ms", str(timeout_ms), "--lat-every", str(lat_every),
+            "--batch", str(batch)]
     if sync:
         args.append("--sync")
     if no_go:

@@ -65,16 +65,17 @@ def slope_kb_per_min(ts: list[float], vals: list[float]) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds of load (default 300; 60 with --quick)")
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--publish-rate", type=float, default=1000.0)
     ap.add_argument("--query-rate", type=float, default=100.0)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--quick", action="store_true", help="60 s instead of --duration")
+    ap.add_argument("--quick", action="store_true", help="60 s unless --duration is given")
     ap.add_argument("--reps", type=int, default=1, help="ignored (one long run)")
     ap.add_argument("--profile", action="store_true", help="ignored")
     a = ap.parse_args()
-    duration = 60.0 if a.quick else a.duration
+    duration = a.duration if a.duration is not None else (60.0 if a.quick else 300.0)
     info = L.machine_info()
     L.log(f"memory: {duration:.0f} s, publish {a.publish_rate:.0f}/s (consumed back), queries "
           f"{a.query_rate:.0f}/s, sample every {a.interval:.0f} s, {a.workers} workers")

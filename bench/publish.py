@@ -39,12 +39,14 @@ ROUTES = """
 
 # --------------------------------------------------------------------------- one run
 def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n: int, procs: int,
-             concurrency: int, sync: bool, profile: bool) -> dict:
+             concurrency: int, sync: bool, profile: bool, batch: int = 0,
+             perf: bool = False) -> dict:
     broker.purge(sink)
     per = n // procs
     n = per * procs
-    clients = [loadclient.spawn(daemon.socket, "publish", exchange, RK, per,
-                                concurrency=concurrency, offset=k * per, sync=sync)
+    op = "publish_batch" if batch else "publish"
+    clients = [loadclient.spawn(daemon.socket, op, exchange, RK, per, concurrency=concurrency,
+                                offset=k * per, sync=sync, batch=batch or 64)
                for k in range(procs)]
     for c in clients:
         c.wait_ready()
@@ -56,6 +58,8 @@ def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n:
         est = max(3, int(n / 15000))
         profs = [L.Profiler(daemon.pid, "manager", est), L.Profiler(clients[0].pid, "client", est)]
         time.sleep(0.5)  # let py-spy attach
+    perfs = ([L.PerfStat([daemon.pid], "manager"), L.PerfStat([c.pid for c in clients], "clients")]
+             if perf else [])
     sampler.start()
     t_go = time.perf_counter()
     t_go_mono = time.monotonic()
@@ -78,6 +82,7 @@ def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n:
             pass
         time.sleep(0.02)
     sampler.sample_peak()
+    perf_counts = [p.stop() for p in perfs]
     results = [c.result(timeout=60) for c in clients]
     cpu = sampler.stop()
     L.add_reported_cpu(cpu, "clients", [r["cpu_s"] for r in results])
@@ -92,7 +97,7 @@ def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n:
     start = min(r["start"] for r in results)
     end = max(r["end"] for r in results)
     out = {
-        "n": n, "procs": procs, "concurrency": concurrency, "sync": sync,
+        "n": n, "procs": procs, "concurrency": concurrency, "sync": sync, "batch": batch,
         "confirmed": done, "errors": errors, "broker_depth": depth,
         "broker_msg_s": round(n / (t_broker - t_go), 1) if t_broker else None,
         "client_msg_s": round(done / (end - start), 1) if end > start else None,
@@ -105,6 +110,9 @@ def run_once(daemon: L.Daemon, broker: L.Broker, exchange: str, sink: str, *, n:
     }
     if prof:
         out["profile"] = prof
+    if perf_counts:
+        out["perf"] = {c["label"]: {k: round(v / max(1, done), 3) for k, v in c.items()
+                                    if isinstance(v, int)} for c in perf_counts if "label" in c}
     return out
 
 
@@ -115,6 +123,10 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=256, help="publishes in flight per process")
     ap.add_argument("--sync-count", type=int, default=None, help="p1_sync messages (default 5k)")
+    ap.add_argument("--batch", type=int, default=64,
+                    help="p4_batch: messages per publish_batch call (0: skip that run)")
+    ap.add_argument("--batch-concurrency", type=int, default=8,
+                    help="p4_batch: publish_batch calls in flight per process")
     L.common_args(ap)
     a = ap.parse_args()
 
@@ -127,7 +139,10 @@ def main() -> int:
     exchange = broker.exchange(L.unique("pub"))
     sink = broker.queue(exchange + ".sink", exchange=exchange, keys=["#"])
     daemon = L.Daemon(ROUTES, workers=a.workers, name="publish")
-    runs: dict[str, list[dict]] = {"p4_async": [], "p1_sync": []}
+    from kazoo_amqp import AsyncClient
+
+    batch = a.batch if hasattr(AsyncClient, "publish_batch") else 0
+    runs: dict[str, list[dict]] = {"p4_async": [], "p1_sync": [], "p4_batch": []}
     profile: dict | None = None
     try:
         daemon.start()
@@ -136,8 +151,11 @@ def main() -> int:
                  profile=False)
         for rep in range(a.reps):
             r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
-                         concurrency=a.concurrency, sync=False, profile=False)
+                         concurrency=a.concurrency, sync=False, profile=False, perf=a.perf)
             runs["p4_async"].append(r)
+            if r.get("perf"):
+                L.log(f"  p4_async rep {rep + 1} syscalls/context switches per message: "
+                      f"{r['perf']}")
             L.log(f"  p4_async rep {rep + 1}: broker {L.fmt(r['broker_msg_s'])}/s, client "
                   f"{L.fmt(r['client_msg_s'])}/s, p50 {r['latency_ms'].get('p50')} ms, "
                   f"errors {r['errors']}, machine busy {r['cpu']['machine_busy_pct']}%")
@@ -146,6 +164,13 @@ def main() -> int:
             runs["p1_sync"].append(s)
             L.log(f"  p1_sync rep {rep + 1}: {L.fmt(s['client_msg_s'])}/s, p50 "
                   f"{s['latency_ms'].get('p50')} ms p99 {s['latency_ms'].get('p99')} ms")
+            if batch:
+                b = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
+                             concurrency=a.batch_concurrency, sync=False, profile=False,
+                             batch=batch)
+                runs["p4_batch"].append(b)
+                L.log(f"  p4_batch rep {rep + 1} ({batch} per call, {a.batch_concurrency} calls "
+                      f"in flight): broker {L.fmt(b['broker_msg_s'])}/s, errors {b['errors']}")
         if a.profile:
             L.log("profiling rep (not counted)")
             r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
@@ -182,6 +207,15 @@ def main() -> int:
             "machine_busy_pct": med("p4_async", ["cpu", "machine_busy_pct"]),
             "mem_peak_rss_kb": med("p4_async", ["mem_peak", "total_rss_kb"]),
             "mem_peak_pss_kb": med("p4_async", ["mem_peak", "total_pss_kb"]),
+            "perf_per_msg": {f"{g} {e}": med("p4_async", ["perf", g, e])
+                             for g in ("manager", "clients")
+                             for e in ("raw_syscalls:sys_enter", "context-switches")}
+            if any(r.get("perf") for r in runs["p4_async"]) else None,
+        },
+        "p4_batch": {
+            "broker_msg_s": med("p4_batch", ["broker_msg_s"]),
+            "cpu_us_per_msg": {g: med("p4_batch", ["cpu_us_per_msg", g])
+                               for g in ("manager", "workers", "clients", "rabbitmq")},
         },
         "p1_sync": {
             "msg_s": med("p1_sync", ["client_msg_s"]),
@@ -189,7 +223,7 @@ def main() -> int:
             "latency_p90_ms": med("p1_sync", ["latency_ms", "p90"]),
             "latency_p99_ms": med("p1_sync", ["latency_ms", "p99"]),
             "cpu_us_per_msg": {g: med("p1_sync", ["cpu_us_per_msg", g])
-                               for g in ("manager", "clients", "rabbitmq")},
+                               for g in ("manager", "workers", "clients", "rabbitmq")},
         },
     }
     bm = summary["p4_async"]["broker_msg_s"]
@@ -214,13 +248,17 @@ def main() -> int:
         [["p4_async", L.fmt(sm["broker_msg_s"]), L.fmt(sm["client_msg_s"]),
           L.fmt(sm["latency_p50_ms"], 2), L.fmt(sm["latency_p99_ms"], 2), f">= {TARGET:,}",
           f"{L.C_NUMBERS['publish_p4_broker_msg_s']:,}"],
+         [f"p4_batch ({batch}/call)", L.fmt(summary["p4_batch"]["broker_msg_s"]), "-", "-", "-",
+          "-", "-"],
          ["p1_sync", "-", L.fmt(summary["p1_sync"]["msg_s"]),
           L.fmt(summary["p1_sync"]["latency_p50_ms"], 3),
           L.fmt(summary["p1_sync"]["latency_p99_ms"], 3), "-", "p50 0.060 ms (no confirm)"]]))
     print()
-    print(L.table(["CPU µs/msg (p4_async)", "manager", "workers", "clients", "rabbitmq"],
-                  [["median", *(L.fmt(sm["cpu_us_per_msg"][g], 1)
-                                for g in ("manager", "workers", "clients", "rabbitmq"))]]))
+    groups = ("manager", "workers", "clients", "rabbitmq")
+    print(L.table(["CPU µs/msg", *groups],
+                  [[run, *(L.fmt(summary[run]["cpu_us_per_msg"][g], 1) for g in groups)]
+                   for run in ("p4_async", "p4_batch", "p1_sync")
+                   if runs[run]]))
     print(f"\nmemory peak manager+workers: RSS {L.fmt(sm['mem_peak_rss_kb'])} kB, "
           f"PSS {L.fmt(sm['mem_peak_pss_kb'])} kB; daemon counters {result['daemon_counters']}")
     if profile:

@@ -76,11 +76,12 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=False)
     q = results.get("query")
     if q:
+        # C: kazoo_async_query timed inside the route (0.94 ms); 1.18 ms was the SIP round trip
         add("query c=1 round trip p50 (AsyncClient)", _get(q, "summary", "c1_async", "p50_ms"),
-            "ms", "<= 1.0", _get(q, "met", "c1_p50"), C["query_c1_p50_ms_rtt"], None,
+            "ms", "<= 1.0", _get(q, "met", "c1_p50"), C["query_c1_p50_ms_in_route"], None,
             higher_is_better=False)
         add("query c=1 round trip p50 (blocking Client)", _get(q, "summary", "c1_sync", "p50_ms"),
-            "ms", "-", None, C["query_c1_p50_ms_rtt"], None, higher_is_better=False)
+            "ms", "-", None, C["query_c1_p50_ms_in_route"], None, higher_is_better=False)
         conc = _get(q, "args", "concurrency") or 32
         add(f"query c={conc} throughput", _get(q, "summary", f"c{conc}", "req_s"), "queries/s",
             ">= 5,000", _get(q, "met", "c32"), C["query_c32_req_s"], None)
@@ -190,8 +191,11 @@ def main() -> int:
     results_dir = BENCH / "results"
     for name in ALL:
         path = results_dir / f"{L.result_name(name)}.json"
-        if name == "c_module" and not path.exists():
-            path = results_dir / "c_module.json"  # the C harness is the same for every tag
+        if name == "c_module":
+            # the C harness is the same for every tag: take its latest run (--full or --quick)
+            found = [q for q in results_dir.glob("c_module*.json") if q.exists()]
+            if found:
+                path = max(found, key=lambda q: q.stat().st_mtime)
         if path.exists() and (a.summary_only or name in names or not a.names):
             results[name] = json.loads(path.read_text())
     rows = summary_rows(results)
