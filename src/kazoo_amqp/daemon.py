@@ -116,6 +116,20 @@ class DaemonBackend:
             exchange, routing_key, payload, headers, mandatory=mandatory
         )
 
+    def publish_cb(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | dict[str, Any],
+        headers: str | None,
+        *,
+        mandatory: bool = False,
+        done: Any,
+    ) -> None:
+        self.daemon.manager.publish_cb(
+            exchange, routing_key, payload, headers, mandatory=mandatory, done=done
+        )
+
     def start_publish(
         self,
         exchange: str,

@@ -125,9 +125,9 @@ class Manager:
         self._paused = False
         self._ssl: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._confirm_deadlines: collections.deque[
-            tuple[float, asyncio.Future[None], BrokerLink]
-        ] = collections.deque()
+        self._confirm_deadlines: collections.deque[tuple[float, Any, BrokerLink]] = (
+            collections.deque()
+        )
         self._confirm_timeout = settings.publish_confirm_timeout_ms / 1000
         self._sweeper: asyncio.Task[None] | None = None
         self._ids = _MsgIds()
@@ -598,57 +598,82 @@ class Manager:
     ) -> asyncio.Future[dict[str, Any]]:
         """``publish`` without a task: the returned future resolves once the broker confirmed.
 
+        Validation errors raise at once. See ``publish_cb`` for the callback form.
+        """
+        result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def done(value: dict[str, Any] | None, exc: BaseException | None) -> None:
+            if result.done():
+                return
+            if exc is None:
+                result.set_result(value)  # type: ignore[arg-type]
+            else:
+                result.set_exception(exc)
+
+        self.publish_cb(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
+        return result
+
+    def publish_cb(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
+        done: Callable[[dict[str, Any] | None, BaseException | None], None],
+    ) -> None:
+        """Publish and call ``done(result, None)`` once the broker confirmed, or ``done(None,
+        error)``; validation errors raise at once. The hot path of the socket server.
+
         The common case (a broker is up) is handled right here: parse, serialise, write, and a
-        callback on the confirm; validation errors raise at once. When no broker is up, or the
-        confirm fails because the connection died or hung, the publish continues as an owned
-        task on the slow path (buffering, sending again on the next broker).
+        confirm callback (no future, no task). When no broker is up, or the confirm fails
+        because the connection died or hung, the publish continues as an owned task on the slow
+        path (buffering, sending again on the next broker).
         """
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
         doc, target, key, hdrs, msg_id = self._prepare(payload, routing_key, headers)
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[dict[str, Any]] = loop.create_future()
         link = self._pick(target)
         if link is None:
-            self._slow_publish(result, exchange, key, doc, hdrs, target, msg_id, mandatory)
-            return result
+            self._slow_publish(done, exchange, key, doc, hdrs, target, msg_id, mandatory)
+            return
         caller_server_id = doc.get("Server-ID") is not None
         if not caller_server_id:
             doc["Server-ID"] = server_id_for(self.settings.node_hostname, link.spec.server_id)
         body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
-        assert link.channel is not None
-        confirm = link.channel.publish(
-            exchange, key, body, headers=hdrs or None, mandatory=mandatory
-        )
-        if confirm is None:  # pragma: no cover - our publish channels always confirm
-            result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
-            return result
         if not caller_server_id:
             del doc["Server-ID"]  # a retry on another broker gets that broker's Server-ID
+        counters = self.counters
+        server_id = link.spec.server_id
 
-        def confirmed(fut: asyncio.Future[None]) -> None:
-            if result.done():
-                return
-            exc = None if fut.cancelled() else fut.exception()
-            if exc is None and not fut.cancelled():
-                self.counters["published"] += 1
-                result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
-            elif isinstance(exc, NotConnected) or fut.cancelled():
-                self.counters["publish_retried"] += 1
-                self._slow_publish(result, exchange, key, doc, hdrs, target, msg_id, mandatory)
+        def confirmed(exc: BaseException | None) -> None:
+            if exc is None:
+                counters["published"] += 1
+                done({"msg_id": msg_id, "server_id": server_id}, None)
+            elif isinstance(exc, NotConnected):
+                counters["publish_retried"] += 1
+                self._slow_publish(done, exchange, key, doc, hdrs, target, msg_id, mandatory)
             else:
-                self.counters["publish_failed"] += 1
-                result.set_exception(exc)  # type: ignore[arg-type]
+                counters["publish_failed"] += 1
+                done(None, exc)
 
-        confirm.add_done_callback(confirmed)
-        self._confirm_deadlines.append((loop.time() + self._confirm_timeout, confirm, link))
-        if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep_confirms(), name="confirm-sweeper")
-        return result
+        assert link.channel is not None
+        confirm = link.channel.publish(
+            exchange, key, body, headers=hdrs or None, mandatory=mandatory, on_confirm=confirmed
+        )
+        if confirm is not None:
+            self._confirm_deadlines.append(
+                (time.monotonic() + self._confirm_timeout, confirm, link)
+            )
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().create_task(
+                    self._sweep_confirms(), name="confirm-sweeper"
+                )
 
     def _slow_publish(
         self,
-        result: asyncio.Future[dict[str, Any]],
+        done: Callable[[dict[str, Any] | None, BaseException | None], None],
         exchange: str,
         key: str,
         doc: dict[str, Any],
@@ -662,15 +687,14 @@ class Manager:
                 link = await self._send(
                     exchange, key, doc, hdrs, target, wait_confirm=True, mandatory=mandatory
                 )
-            except BaseException as exc:
-                if not result.done():
-                    result.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+            except asyncio.CancelledError:
+                done(None, ShuttingDown("the daemon is stopping; the publish was abandoned"))
+                raise
+            except Exception as exc:
+                done(None, exc)
                 return
             self.counters["published"] += 1
-            if not result.done():
-                result.set_result({"msg_id": msg_id, "server_id": link.spec.server_id})
+            done({"msg_id": msg_id, "server_id": link.spec.server_id}, None)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -679,10 +703,9 @@ class Manager:
     async def _sweep_confirms(self) -> None:
         """Treat a confirm that takes longer than publish_confirm_timeout_ms as a dead link."""
         deadlines = self._confirm_deadlines
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.25)
-            now = loop.time()
+            now = time.monotonic()
             while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
                 _, confirm, link = deadlines.popleft()
                 if not confirm.done() and link.control is not None:
