@@ -57,6 +57,7 @@ from kazoo_amqp.core.message import (
 from kazoo_amqp.core.subscription import AckMode, Subscription
 from kazoo_amqp.errors import (
     BadPayload,
+    BadRoutingKey,
     BrokerError,
     BrokerRefused,
     KazooError,
@@ -553,7 +554,11 @@ class Manager:
             and target != 0
             and not any(link.spec.server_id == target for link in self.links)
         ):
-            raise BadRoutingKey_(routing_key, target, len(self.links))
+            raise BadRoutingKey(
+                f"routing key {routing_key!r} targets server {target}, but amqp_connection "
+                f"lists servers 1..{len(self.links)}: use the Server-ID of a message received "
+                "from that broker"
+            )
         hdrs = parse_headers(headers) if headers else ()
         if headers:
             for bad in rejected_segments(headers):
@@ -882,15 +887,6 @@ class Manager:
     def __repr__(self) -> str:
         up = sum(1 for link in self.links if link.up)
         return f"<Manager {up}/{len(self.links)} brokers up, {len(self.pending)} queries waiting>"
-
-
-def BadRoutingKey_(routing_key: str, target: int, count: int) -> KazooError:
-    from kazoo_amqp.errors import BadRoutingKey
-
-    return BadRoutingKey(
-        f"routing key {routing_key!r} targets server {target}, but amqp_connection lists "
-        f"servers 1..{count}: use the Server-ID of a message received from that broker"
-    )
 
 
 class _MsgIds:
