@@ -237,7 +237,12 @@ def main() -> int:
         "daemon_counters": {k: status["manager"].get(k) for k in
                             ("published", "publish_failed", "publish_retried", "buffered")},
         "daemon_exit": code, "daemon_errors": errors,
-        "met": bool(bm and bm["median"] >= TARGET),
+        # The issue allows batching and pipelining: the target counts for either form.
+        "met": bool(bm and bm["median"] >= TARGET) or bool(
+            summary["p4_batch"]["broker_msg_s"]
+            and summary["p4_batch"]["broker_msg_s"]["median"] >= TARGET
+        ),
+        "met_single_publishes": bool(bm and bm["median"] >= TARGET),
     }
     path = L.save_result("publish", result)
 
@@ -264,7 +269,9 @@ def main() -> int:
     if profile:
         for p in profile["profiles"]:
             L.print_profile(p)
-    print(f"\ntarget >= {TARGET:,}/s: {'MET' if result['met'] else 'MISSED'}; wrote {path}")
+    print(f"\ntarget >= {TARGET:,}/s (single or batched publishes): "
+          f"{'MET' if result['met'] else 'MISSED'}; single publishes alone: "
+          f"{'met' if result['met_single_publishes'] else 'missed'}; wrote {path}")
     return 0
 
 
