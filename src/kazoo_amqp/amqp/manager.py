@@ -314,7 +314,9 @@ class Manager:
                     fut.result(),
                 )
                 link.channel = None
-                asyncio.get_running_loop().create_task(self._reopen_publish(link))
+                task = asyncio.get_running_loop().create_task(self._reopen_publish(link))
+                self._tasks.add(task)  # owned: cancelled by stop()
+                task.add_done_callback(self._tasks.discard)
 
         channel.closed.add_done_callback(reopen)
         return channel
