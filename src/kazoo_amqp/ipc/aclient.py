@@ -9,8 +9,8 @@ asyncio, which costs about 10 MB per process.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +37,10 @@ from kazoo_amqp.ipc.client import (
 
 __all__ = ["AsyncClient"]
 
+#: How often a connection checks its requests' client-side deadlines (they are a backstop:
+#: the daemon answers a query timeout itself), in seconds.
+_SWEEP_S = 0.1
+
 #: Requests in flight above which writes are gathered for ``_GATHER_S`` seconds.
 _BUSY = 32
 _GATHER_S = 0.0005
@@ -55,6 +59,35 @@ class _ClientProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._writable: asyncio.Future[None] | None = None
+        # (deadline, request id, op, wait): one sweep every 0.1 s instead of a timer per call.
+        self.deadlines: list[tuple[float, int, str, float]] = []
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def expire_at(self, deadline: float, request_id: int, op: str, wait: float) -> None:
+        """Fail request ``request_id`` with a timeout if no reply came by ``deadline``."""
+        deadlines = self.deadlines
+        heapq.heappush(deadlines, (deadline, request_id, op, wait))
+        if len(deadlines) > 2 * len(self.pending) + 1024:
+            # Answered requests leave their entries behind until they expire: prune.
+            pending = self.pending
+            deadlines[:] = [d for d in deadlines if d[1] in pending]
+            heapq.heapify(deadlines)
+        if self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(_SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        now = self.loop.time()
+        deadlines, pending = self.deadlines, self.pending
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id, op, wait = heapq.heappop(deadlines)
+            future = pending.get(request_id)
+            if future is not None and not future.done():
+                future.set_exception(_no_answer(self.path, op, wait))
+        if pending and deadlines:
+            self._sweep_handle = self.loop.call_later(_SWEEP_S, self._sweep)
+        elif not pending:
+            deadlines.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -148,11 +181,6 @@ class _ClientProtocol(asyncio.Protocol):
         if self.transport is not None:
             self._flush()
             self.transport.close()
-
-
-def _expire(future: asyncio.Future[Response], error: Callable[[], KazooError]) -> None:
-    if not future.done():
-        future.set_exception(error())
 
 
 class AsyncClient:
@@ -309,12 +337,10 @@ class AsyncClient:
         future: asyncio.Future[Response] = loop.create_future()
         protocol.pending[request_id] = future
         protocol.send(frame)
-        path = self._path
-        timer = loop.call_later(wait, _expire, future, lambda: _no_answer(path, op, wait))
+        protocol.expire_at(loop.time() + wait, request_id, op, wait)
         try:
             response = await future
         finally:
-            timer.cancel()
             protocol.pending.pop(request_id, None)
         if response.ok:
             return response.result

@@ -299,6 +299,8 @@ class IpcServer:
                 )
                 for task in pending:
                     task.cancel()
+                for conn in list(self._connections):
+                    conn.refuse_cancelled()
                 await asyncio.wait(pending, timeout=_CANCEL_WAIT)
         for conn in list(self._connections):
             conn.close()
@@ -353,6 +355,7 @@ class _Connection(asyncio.Protocol):
         self._backend = server._backend
         self._start_publish = server._start_publish
         self._publish_cb = server._publish_cb
+        self._cb_requests: dict[asyncio.Future[None], Request] = {}
         self._stats = server._stats
         self._max_inflight = server._max_inflight
         self._decoder = FrameDecoder(server._max_frame)
@@ -468,6 +471,9 @@ class _Connection(asyncio.Protocol):
         self._send(data)
 
     def _start(self, req: Request) -> None:
+        if req.op == "publish" and self._publish_cb is not None:
+            self._start_cb(req)
+            return
         if req.op == "publish" and self._start_publish is not None:
             self._start_fast(req, self._start_publish)
             return
@@ -478,6 +484,56 @@ class _Connection(asyncio.Protocol):
         self._tasks.add(task)
         self._server._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _start_cb(self, req: Request) -> None:
+        """A publish answered from the backend's confirm callback: no task, no callback hop."""
+        token: asyncio.Future[None] = self._loop.create_future()  # stop() waits on it
+
+        def done(value: Any, exc: BaseException | None) -> None:
+            if token.done():
+                return
+            if exc is None:
+                try:
+                    self._send(encode_response_ok(req.id, value))
+                except Exception as err:
+                    self._send_error(req.id, self._internal(err, req.op))
+            elif isinstance(exc, KazooError):
+                self._send_error(req.id, exc)
+            else:
+                self._send_error(req.id, self._internal(exc, req.op))  # type: ignore[arg-type]
+            self._cb_requests.pop(token, None)
+            token.set_result(None)
+            self._task_done(token)  # type: ignore[arg-type]
+
+        try:
+            self._publish_cb(
+                req.exchange,
+                req.routing_key,
+                req.payload,
+                req.headers,
+                **_mandatory(req),
+                done=done,
+            )
+        except KazooError as exc:
+            self._send_error(req.id, exc)
+            return
+        except Exception as exc:
+            self._send_error(req.id, self._internal(exc, req.op))
+            return
+        if not token.done():
+            self._cb_requests[token] = req
+            self._tasks.add(token)  # type: ignore[arg-type]
+            self._server._tasks.add(token)  # type: ignore[arg-type]
+
+    def refuse_cancelled(self) -> None:
+        """Answer callback publishes cancelled by ``stop()`` with ShuttingDown."""
+        for token, req in list(self._cb_requests.items()):
+            if token.cancelled():
+                del self._cb_requests[token]
+                self._send_error(
+                    req.id, ShuttingDown(f"the daemon is stopping; the {req.op} was interrupted")
+                )
+                self._task_done(token)  # type: ignore[arg-type]
 
     def _start_fast(self, req: Request, start: Any) -> None:
         # A publish costs a task per request otherwise; a backend that can start it
