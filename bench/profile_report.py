@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _lib as L
 
 _SKIP = ("<frozen runpy>", "kazoo_amqp/cli.py", "kazoo_amqp/__main__.py", "asyncio/runners.py",
-         "loadclient.py:main", "loadclient.py:<module>", "kazoo_amqp/workers/child.py:main",
-         "kazoo_amqp/workers/child.py:<module>", "asyncio/base_events.py:BaseEventLoop.run_")
+         "loadclient.py:main", "loadclient.py:<module>", "kazoo_amqp/worker_main.py:main",
+         "kazoo_amqp/worker_main.py:<module>", "asyncio/base_events.py:BaseEventLoop.run_")
 
 
 def profiles(doc: Any, where: str = "", run: Any = None) -> list[tuple[str, dict[str, Any], Any]]:

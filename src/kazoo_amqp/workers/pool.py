@@ -169,7 +169,7 @@ class WorkerPool:
                 [
                     self.python,
                     "-m",
-                    "kazoo_amqp.workers.child",
+                    "kazoo_amqp.worker_main",
                     "--config",
                     self.config_path,
                     "--fd",
