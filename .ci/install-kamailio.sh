@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Install Kamailio 5.6 (Debian packages) + sipp + sqlite3 for the e2e presence tests.
+# Install Kamailio 5.6 (Debian packages) + sipp + sqlite3 for the e2e tests (presence, and
+# app_python3 using kazoo_amqp.Client from KEMI scripts).
 #
-# Idempotent: does nothing when `kamailio` and `sipp` are already on PATH.
+# Idempotent: does nothing when `kamailio` and `sipp` are already on PATH and every module
+# package is present (a missing module package, e.g. kamailio-python3-modules on a machine that
+# already had kamailio, is installed).
 # Never leaves a packaged (system-service) Kamailio running: service starts are
 # blocked during the install with a temporary policy-rc.d, and any instance that
 # was started from the packaged config (/etc/kamailio/kamailio.cfg) is stopped by
@@ -13,17 +16,18 @@
 set -u
 
 PKGS=(kamailio kamailio-presence-modules kamailio-sqlite-modules kamailio-postgres-modules
-      kamailio-mysql-modules sip-tester sqlite3)
+      kamailio-mysql-modules kamailio-python3-modules sip-tester sqlite3)
 
 log() { echo "install-kamailio: $*"; }
 
 have_tools() { command -v kamailio >/dev/null 2>&1 && command -v sipp >/dev/null 2>&1; }
 
-# The presence/db modules live in separate packages; `kamailio` alone is not enough.
+# The presence/db/app_python3 modules live in separate packages; `kamailio` alone is not enough.
 have_modules() {
     local d
     for d in /usr/lib/x86_64-linux-gnu/kamailio/modules /usr/lib/*/kamailio/modules /usr/lib/kamailio/modules; do
-        [ -f "$d/presence.so" ] && [ -f "$d/db_sqlite.so" ] && [ -f "$d/presence_dialoginfo.so" ] && return 0
+        [ -f "$d/presence.so" ] && [ -f "$d/db_sqlite.so" ] && [ -f "$d/presence_dialoginfo.so" ] \
+            && [ -f "$d/app_python3.so" ] && return 0
     done
     return 1
 }
