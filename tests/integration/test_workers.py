@@ -377,3 +377,28 @@ def d(kz):
         _publish(ex, [b'{"Event-Category": "test", "Event-Name": "del"}'])
         assert d.wait_events(1, route="kazoo:consumer-event-test-del")
         assert d.status()["manager"]["consumer_restarts"] >= 1
+
+
+def test_graceful_stop_acks_what_the_workers_finish(tmp_path: Path) -> None:
+    """SIGTERM while routes run: consumers are cancelled, running routes finish and are acked."""
+    ex, q = unique("kzt.stop"), unique("kzt.stopq")
+    body = """
+@router.route("kazoo:consumer-event-test-stop")
+def slow(kz):
+    time.sleep(0.3)
+    record(kz)
+"""
+    routes = _routes(ex, q, ', "no_ack": 0, "auto_delete": 0', body)
+    d = DaemonProcess(tmp_path, routes, workers=2).start()
+    try:
+        _publish(ex, [b'{"Event-Category": "test", "Event-Name": "stop"}'] * 4)
+        d.wait_events(1, route="kazoo:consumer-event-test-stop")
+    finally:
+        assert d.stop() == 0
+    handled = len(d.events())
+    ready, _ = _queue_depth(q)
+    # Everything a route finished was acked: only the unhandled rest is back in the queue.
+    assert ready == 4 - handled, (ready, handled)
+    conn = pika_connection()
+    conn.channel().queue_delete(q)
+    conn.close()

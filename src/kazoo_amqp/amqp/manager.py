@@ -88,6 +88,7 @@ class BrokerLink:
         self.up = False
         self.task: asyncio.Task[None] | None = None
         self.consumer_channels: list[Channel] = []
+        self.consumer_tags: list[tuple[Channel, str]] = []
         self.connects = 0
         self.last_error = ""
 
@@ -182,13 +183,17 @@ class Manager:
         return True
 
     async def stop_consuming(self) -> None:
-        """Cancel every consumer so no new deliveries arrive (first step of shutdown)."""
+        """Cancel every consumer so no new deliveries arrive (first step of shutdown).
+
+        The channels stay open, so the deliveries the workers are still handling can be acked
+        when they finish; ``stop()`` closes them afterwards.
+        """
         self._consumers_stopped = True
         for link in self.links:
-            for ch in link.consumer_channels:
+            for ch, tag in link.consumer_tags:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ch.close(), 1.0)
-            link.consumer_channels.clear()
+                    await asyncio.wait_for(ch.basic_cancel(tag), 1.0)
+            link.consumer_tags.clear()
 
     async def stop(self) -> None:
         """Fail waiting queries with ShuttingDown and close every connection."""
@@ -284,6 +289,7 @@ class Manager:
             finally:
                 link.up = False
                 link.consumer_channels.clear()
+                link.consumer_tags.clear()
                 for conn in (link.control, link.consume):
                     if conn is not None:
                         conn.abort()
@@ -360,12 +366,13 @@ class Manager:
                 queue = await self._declare_one(ch, sub)
                 if sub.ack_mode is not AckMode.BROKER:
                     await ch.basic_qos(sub.prefetch or self.settings.prefetch)
-                await ch.basic_consume(
+                tag = await ch.basic_consume(
                     queue,
                     self._consumer(index, sub, link.spec),
                     no_ack=sub.ack_mode is AckMode.BROKER,
                 )
                 link.consumer_channels.append(ch)
+                link.consumer_tags.append((ch, tag))
                 self._watch_consumer(link, ch, sub)
             except BrokerRefused as exc:
                 # Like C, one bad subscription does not stop the others; unlike C we say why.
