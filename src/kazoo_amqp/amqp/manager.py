@@ -54,7 +54,7 @@ from kazoo_amqp.core.message import (
     server_id_for,
     split_consumer_prefix,
 )
-from kazoo_amqp.core.subscription import AckMode, Subscription
+from kazoo_amqp.core.subscription import AckMode, ExchangeDecl, Subscription
 from kazoo_amqp.errors import (
     BadPayload,
     BadRoutingKey,
@@ -413,24 +413,10 @@ class Manager:
         """Declare one subscription's topology in the order of §6.4; return the queue name."""
         ex = sub.exchange
         if ex.name:
-            await ch.exchange_declare(
-                ex.name,
-                ex.type or "direct",
-                passive=ex.passive,
-                durable=ex.durable,
-                auto_delete=ex.auto_delete,
-                internal=ex.internal,
-            )
+            await _declare_exchange(ch, ex)
         for binding in sub.exchange_bindings:
             src = binding.source
-            await ch.exchange_declare(
-                src.name,
-                src.type or "direct",
-                passive=src.passive,
-                durable=src.durable,
-                auto_delete=src.auto_delete,
-                internal=src.internal,
-            )
+            await _declare_exchange(ch, src)
             for key in binding.routing_keys:
                 await ch.exchange_bind(ex.name, src.name, key)
         q = sub.queue
@@ -896,6 +882,17 @@ class Manager:
     def __repr__(self) -> str:
         up = sum(1 for link in self.links if link.up)
         return f"<Manager {up}/{len(self.links)} brokers up, {len(self.pending)} queries waiting>"
+
+
+async def _declare_exchange(ch: Channel, decl: ExchangeDecl) -> None:
+    await ch.exchange_declare(
+        decl.name,
+        decl.type or "direct",
+        passive=decl.passive,
+        durable=decl.durable,
+        auto_delete=decl.auto_delete,
+        internal=decl.internal,
+    )
 
 
 class _MsgIds:
