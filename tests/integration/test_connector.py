@@ -336,3 +336,21 @@ async def test_async_publish_batch(daemon: DaemonProcess) -> None:
              for i in range(50)]
         )
     assert len(results) == 50 and all(isinstance(r, dict) for r in results)
+
+
+def test_late_reply_is_routed_when_late_replies_is_route(tmp_path: Path) -> None:
+    """late_replies = "route" hands a reply nobody waits for to the event routes, like C."""
+    routes = """
+@router.route("kazoo:consumer-event-test-reply")
+def late(kz):
+    record(kz)
+"""
+    ex = unique("kzt.late")
+    with DaemonProcess(tmp_path, routes, workers=1, config={"late_replies": "route"}) as d:
+        with Responder(ex, "s.#", delay=0.3), d.client() as c:
+            with pytest.raises(QueryTimeout):
+                c.query(ex, "s.x", {"Question": "late"}, timeout_ms=100)
+            [event] = d.wait_events(1, route="kazoo:consumer-event-test-reply", timeout=5)
+        assert event["payload"]["Echo"] == "late"
+        assert event["rk"] == f"kamailio@{d.node}-<1>-targeted-0"
+        assert event["payload"]["Server-ID"].startswith("consumer://1/")
