@@ -402,3 +402,21 @@ def slow(kz):
     conn = pika_connection()
     conn.channel().queue_delete(q)
     conn.close()
+
+
+def test_binding_event_key_and_subkey_choose_the_route_name(tmp_path: Path) -> None:
+    """A subscription's event_key/event_subkey name the fields routes are chosen by (ER-6/ER-7)."""
+    ex, q = unique("kzt.keys"), unique("kzt.keysq")
+    body = """
+@router.route("kazoo:consumer-event-blf-flush-all", "kazoo:consumer-event-type-action")
+def blf(kz):
+    record(kz)
+"""
+    extra = ', "event_key": "Type", "event_subkey": "Action"'
+    with DaemonProcess(tmp_path, _routes(ex, q, extra, body), workers=1) as d:
+        _publish(ex, [b'{"Type": "BLF", "Action": "Flush_All"}', b'{"Event-Name": "x"}'])
+        evs = d.wait_events(2)
+        assert sorted(e["route"] for e in evs) == [
+            "kazoo:consumer-event-blf-flush-all",
+            "kazoo:consumer-event-type-action",  # empty values fall back to the names (ER-7)
+        ]
