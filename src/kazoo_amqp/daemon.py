@@ -130,19 +130,6 @@ class DaemonBackend:
             exchange, routing_key, payload, headers, mandatory=mandatory, done=done
         )
 
-    def start_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str,
-        headers: str | None,
-        *,
-        mandatory: bool = False,
-    ) -> asyncio.Future[dict[str, Any]]:
-        return self.daemon.manager.start_publish(
-            exchange, routing_key, payload, headers, mandatory=mandatory
-        )
-
     async def query(
         self,
         exchange: str,

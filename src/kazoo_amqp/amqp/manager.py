@@ -49,6 +49,7 @@ from kazoo_amqp.core.message import (
     check_routing_key,
     correlation_key,
     inject_common_fields,
+    inject_server_id,
     node_name,
     reply_queue_name,
     server_id_for,
@@ -577,29 +578,7 @@ class Manager:
         *,
         mandatory: bool = False,
     ) -> dict[str, Any]:
-        """kazoo_publish: returns after the broker confirmed the message."""
-        if self._closing:
-            raise ShuttingDown("the daemon is stopping; publish refused")
-        doc, target, key, hdrs, msg_id = self._prepare(payload, routing_key, headers)
-        link = await self._send(
-            exchange, key, doc, hdrs, target, wait_confirm=True, mandatory=mandatory
-        )
-        self.counters["published"] += 1
-        return {"msg_id": msg_id, "server_id": link.spec.server_id}
-
-    def start_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str | bytes | dict[str, Any],
-        headers: str | None = None,
-        *,
-        mandatory: bool = False,
-    ) -> asyncio.Future[dict[str, Any]]:
-        """``publish`` without a task: the returned future resolves once the broker confirmed.
-
-        Validation errors raise at once. See ``publish_cb`` for the callback form.
-        """
+        """kazoo_publish: returns after the broker confirmed the message (see ``publish_cb``)."""
         result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def done(value: dict[str, Any] | None, exc: BaseException | None) -> None:
@@ -611,7 +590,7 @@ class Manager:
                 result.set_exception(exc)
 
         self.publish_cb(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
-        return result
+        return await result
 
     def publish_cb(
         self,
@@ -638,12 +617,7 @@ class Manager:
         if link is None:
             self._slow_publish(done, exchange, key, doc, hdrs, target, msg_id, mandatory)
             return
-        caller_server_id = doc.get("Server-ID") is not None
-        if not caller_server_id:
-            doc["Server-ID"] = server_id_for(self.settings.node_hostname, link.spec.server_id)
-        body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
-        if not caller_server_id:
-            del doc["Server-ID"]  # a retry on another broker gets that broker's Server-ID
+        body = self._body(doc, link)
         counters = self.counters
         server_id = link.spec.server_id
 
@@ -670,6 +644,18 @@ class Manager:
                 self._sweeper = asyncio.get_running_loop().create_task(
                     self._sweep_confirms(), name="confirm-sweeper"
                 )
+
+    def _body(self, doc: dict[str, Any], link: BrokerLink) -> bytes:
+        """The wire body for ``link``: with that broker's Server-ID unless the caller set one.
+
+        The injected Server-ID is removed again, so a retry on another broker gets its own.
+        """
+        sid = server_id_for(self.settings.node_hostname, link.spec.server_id)
+        injected = inject_server_id(doc, sid)
+        body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
+        if injected:
+            del doc["Server-ID"]
+        return body
 
     def _slow_publish(
         self,
@@ -781,15 +767,12 @@ class Manager:
         s = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.publish_buffer_timeout_ms / 1000
-        caller_server_id = doc.get("Server-ID") is not None
         while True:
             link = self._pick(target)
             if link is None:
                 await self._wait_for_broker(target, deadline)
                 continue
-            if not caller_server_id:
-                doc["Server-ID"] = server_id_for(s.node_hostname, link.spec.server_id)
-            body = jsonc.dumps(doc).encode("utf-8", "surrogatepass")
+            body = self._body(doc, link)
             assert link.channel is not None
             confirm = link.channel.publish(
                 exchange, key, body, headers=hdrs or None, mandatory=mandatory

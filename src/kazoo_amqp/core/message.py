@@ -132,8 +132,8 @@ def augment_received(
 
 def connection_event_text(*, key: str, subkey: str, state: str, host: str, zone: str) -> str:
     """The synthetic connection event exactly as the C module writes it ($kzE, §4.4, R-4)."""
-    fields = ((key, "connection"), (subkey, state), ("host", host), ("zone", zone))
-    return "{ " + ", ".join(f"{dumps(k)} : {dumps(v)}" for k, v in fields) + " }"
+    body = connection_event_body(key=key, subkey=subkey, state=state, host=host, zone=zone)
+    return "{ " + ", ".join(f"{dumps(k)} : {dumps(v)}" for k, v in body.items()) + " }"
 
 
 def connection_event_body(

@@ -156,7 +156,6 @@ class IpcServer:
             raise ValueError("max_inflight_per_connection must be at least 1")
         self._path = path
         self._backend = backend
-        self._start_publish = getattr(self._backend, "start_publish", None)
         self._publish_cb = getattr(self._backend, "publish_cb", None)
         self._max_frame = max_frame
         self._max_inflight = max_inflight_per_connection
@@ -353,7 +352,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: IpcServer) -> None:
         self._server = server
         self._backend = server._backend
-        self._start_publish = server._start_publish
         self._publish_cb = server._publish_cb
         self._cb_requests: dict[asyncio.Future[None], Request] = {}
         self._stats = server._stats
@@ -474,9 +472,6 @@ class _Connection(asyncio.Protocol):
         if req.op == "publish" and self._publish_cb is not None:
             self._start_cb(req)
             return
-        if req.op == "publish" and self._start_publish is not None:
-            self._start_fast(req, self._start_publish)
-            return
         if req.op == "publish_batch":
             self._start_batch(req)
             return
@@ -534,21 +529,6 @@ class _Connection(asyncio.Protocol):
                     req.id, ShuttingDown(f"the daemon is stopping; the {req.op} was interrupted")
                 )
                 self._task_done(token)  # type: ignore[arg-type]
-
-    def _start_fast(self, req: Request, start: Any) -> None:
-        # A publish costs a task per request otherwise; a backend that can start it
-        # synchronously returns a future, which takes the task's place in the bookkeeping.
-        try:
-            fut = start(req.exchange, req.routing_key, req.payload, req.headers, **_mandatory(req))
-        except KazooError as exc:
-            self._send_error(req.id, exc)
-            return
-        except Exception as exc:
-            self._send_error(req.id, self._internal(exc, req.op))
-            return
-        self._tasks.add(fut)
-        self._server._tasks.add(fut)
-        fut.add_done_callback(functools.partial(self._fast_done, req))
 
     def _start_batch(self, req: Request) -> None:
         """Start every publish of a batch; one reply with a result or error per message."""
