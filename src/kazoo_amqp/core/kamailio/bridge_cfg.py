@@ -1,0 +1,52 @@
+"""The bridge's generated cfg text (STUB in the ``conv`` branch).
+
+MERGE: this module is owned by the bridge runtime helper; this stub only has the agreed
+signature so the converter can be built and tested. It loads nothing but app_python3 (so a
+converted cfg's ``python_exec`` calls pass ``kamailio -c``) and routes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["render_includes"]
+
+
+def render_includes(
+    *,
+    bridge: str,
+    socket_workers: int,
+    max_event_bytes: int,
+    loaded_modules: frozenset[str],
+    original_xhttp_route: str | None,
+    resume_routes: Sequence[str],
+    toml_name: str,
+) -> dict[str, str]:
+    """Return ``{"kazoo-amqp-modules.cfg": ..., "kazoo-amqp-routes.cfg": ...,
+    "kazoo_amqp_kemi.py": ...}`` for a converted cfg (see docs/kamailio-bridge-design.md)."""
+    load = "" if "app_python3" in loaded_modules else 'loadmodule "app_python3.so"\n'
+    modules = (
+        "# kazoo-amqp bridge: modules (stub, replaced by the bridge runtime)\n"
+        f"{load}"
+        'modparam("app_python3", "load", "kazoo_amqp_kemi.py")\n'
+    )
+    routes = (
+        "# kazoo-amqp bridge: routes (stub, replaced by the bridge runtime)\n"
+        f"# bridge {bridge}, {socket_workers} workers, events up to {max_event_bytes} bytes\n"
+        f"# original xhttp route: {original_xhttp_route or '(none)'}\n"
+        f"# resume routes: {', '.join(resume_routes) or '(none)'}\n"
+    )
+    kemi = (
+        '"""app_python3 script of the kazoo-amqp bridge (stub)."""\n'
+        f"TOML_NAME = {toml_name!r}\n\n\n"
+        "class _Stub:\n"
+        "    def kazoo_call(self, msg, call_id):\n"
+        "        return -1\n\n\n"
+        "def mod_init():\n"
+        "    return _Stub()\n"
+    )
+    return {
+        "kazoo-amqp-modules.cfg": modules,
+        "kazoo-amqp-routes.cfg": routes,
+        "kazoo_amqp_kemi.py": kemi,
+    }
