@@ -2,7 +2,12 @@
 
 MERGE: this module is owned by the bridge runtime helper; this stub only has the agreed
 signature so the converter can be built and tested. It loads nothing but app_python3 (so a
-converted cfg's ``python_exec`` calls pass ``kamailio -c``) and routes nothing.
+converted cfg's ``python_exec`` calls pass ``kamailio -c``), routes nothing, and sets the three
+``kazoo`` parameters without which kazoo.so does not start once the converter has moved the
+cfg's own ones to the TOML (tried on Debian 5.6.3): ``node_hostname`` (mod_init fails without
+it; any value, kazoo.so never talks to a broker here), ``pua_mode`` 0 (else every consumer
+worker fails child_init with "database not bound" when there is no db_url) and
+``amqp_consumer_workers`` 1 (they are forked even with no broker; one idle process is enough).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ def render_includes(
     load = "" if "app_python3" in loaded_modules else 'loadmodule "app_python3.so"\n'
     modules = (
         "# kazoo-amqp bridge: modules (stub, replaced by the bridge runtime)\n"
+        'modparam("kazoo", "node_hostname", "kazoo-amqp-bridge")\n'
+        'modparam("kazoo", "pua_mode", 0)\n'
+        'modparam("kazoo", "amqp_consumer_workers", 1)\n'
         f"{load}"
         'modparam("app_python3", "load", "kazoo_amqp_kemi.py")\n'
     )
