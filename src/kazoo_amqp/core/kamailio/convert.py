@@ -315,8 +315,11 @@ class _Converter:
         for name, text in [(TOML_NAME, _toml_text(toml_data)), *generated.items()]:
             if name in files or name in links:
                 self._problem(
-                    main, 1, name, "the cfg includes a file of this name, which the converter "
-                    "writes itself", "rename that include"
+                    main,
+                    1,
+                    name,
+                    "the cfg includes a file of this name, which the converter writes itself",
+                    "rename that include",
                 )
             files[name] = text
         if self.problems:
@@ -342,9 +345,7 @@ class _Converter:
         if isinstance(calls, dict):
             self.reserved_ids.update(calls)
 
-    def _load(
-        self, path: str, text: str, rel: str, shown: str, *, outside: bool
-    ) -> _File | None:
+    def _load(self, path: str, text: str, rel: str, shown: str, *, outside: bool) -> _File | None:
         try:
             tokens = tokenize(text)
         except CfgSyntaxError as exc:
@@ -420,7 +421,10 @@ class _Converter:
             return k + 1
         if name == "import_files":
             self._problem(
-                f, t.line, "import_files", "only the 2600hz Kamailio build reads a glob of files",
+                f,
+                t.line,
+                "import_files",
+                "only the 2600hz Kamailio build reads a glob of files",
                 'write one import_file "NAME" line per file',
             )
             return k
@@ -516,15 +520,18 @@ class _Converter:
 
     def _modparam_value(self, arg: list[Token], f: _File, *, expand_pvs: bool) -> str | int:
         sig = [a for a in arg if a.kind not in ("ws", "comment")]
-        if len(sig) == 1 and sig[0].kind == "id" and sig[0].text not in self.pre.defines:
-            if sig[0].text.lower() in _YES:
-                return _YES[sig[0].text.lower()]
+        word = sig[0].text.lower() if len(sig) == 1 and sig[0].kind == "id" else ""
+        if word in _YES and sig[0].text not in self.pre.defines:
+            return _YES[word]
         if len(sig) == 1 and sig[0].kind == "pv" and expand_pvs:
             m = re.fullmatch(r"\$(defn?)\(\s*([A-Za-z_]\w*)\s*\)", sig[0].text)
             if m is None:
                 raise _Unresolved(f"{sig[0].text} has no value before Kamailio runs")
-            text = self._define_value(m.group(2), f, 0)
-            return _as_int(text) if m.group(1) == "defn" else text
+            if m.group(1) == "defn":
+                return _as_int(self._define_value(m.group(2), f, 0))
+            if m.group(2) not in self.pre.defines:
+                raise _Unresolved(f"{m.group(2)} is not #!define'd in the cfg")
+            return self.pre.defines[m.group(2)]  # $def() gives the raw text, quotes included
         if len(sig) == 1 and sig[0].kind == "id":
             value = self.pre.defines.get(sig[0].text, "")
             inner = [t for t in tokenize(value) if t.kind not in ("ws", "comment")]
@@ -541,8 +548,11 @@ class _Converter:
         keyword = "include_file" if mandatory else "import_file"
         if not (len(quoted) >= 2 and quoted.startswith('"') and quoted.endswith('"')):
             self._problem(
-                f, t.line, keyword, "the file name must be between double quotes",
-                f'write {keyword} "NAME"'
+                f,
+                t.line,
+                keyword,
+                "the file name must be between double quotes",
+                f'write {keyword} "NAME"',
             )
             return
         name = self.pre.substitute(decode_string(quoted))
@@ -556,7 +566,10 @@ class _Converter:
         if text is None:
             if mandatory and self.pre.active:
                 self._problem(
-                    f, t.line, construct, "the file does not exist (Kamailio refuses to start)",
+                    f,
+                    t.line,
+                    construct,
+                    "the file does not exist (Kamailio refuses to start)",
                     "create it or fix the path; import_file is the form that may be missing",
                 )
             elif mandatory:
@@ -572,8 +585,11 @@ class _Converter:
             return
         if depth + 1 >= _MAX_INCLUDE_DEPTH:
             self._problem(
-                f, t.line, construct, f"more than {_MAX_INCLUDE_DEPTH} nested includes",
-                "flatten the includes"
+                f,
+                t.line,
+                construct,
+                f"more than {_MAX_INCLUDE_DEPTH} nested includes",
+                "flatten the includes",
             )
             return
         rel = posixpath.relpath(path, self.in_dir)
@@ -583,8 +599,11 @@ class _Converter:
             return
         if rel == MAIN_NAME and path != self.main_path:
             self._problem(
-                f, t.line, construct, f"the converted main file is written as {MAIN_NAME}",
-                "rename the include"
+                f,
+                t.line,
+                construct,
+                f"the converted main file is written as {MAIN_NAME}",
+                "rename the include",
             )
         if outside and not name.startswith("/"):
             f.edits.append(_Edit(t.start, t.end, t.text.replace(quoted, _quote(path), 1)))
@@ -600,13 +619,19 @@ class _Converter:
             self.pre.module_loaded(module)
         elif module != "kazoo":
             self._warn(
-                f, t.line, f'loadmodule "{path}" inside an #!ifdef not taken: the bridge\'s '
-                "modules include may load it again if you enable that branch"
+                f,
+                t.line,
+                f'loadmodule "{path}" inside an #!ifdef not taken: the bridge\'s '
+                "modules include may load it again if you enable that branch",
             )
         if module == "kazoo" and self.kazoo_load is None and self.pre.active:
             if self.pre.conditional:
-                self._warn(f, t.line, 'loadmodule "kazoo.so" is inside #!ifdef; the bridge '
-                           "include follows it and is read only when that branch is taken")
+                self._warn(
+                    f,
+                    t.line,
+                    'loadmodule "kazoo.so" is inside #!ifdef; the bridge '
+                    "include follows it and is read only when that branch is taken",
+                )
             self.kazoo_load = (f, name_token)
 
     def _modparam(
@@ -632,21 +657,29 @@ class _Converter:
         self.counts['modparam("kazoo", ...) -> kazoo-amqp.toml'] += 1
         if key not in KNOWN_KEYS:
             self._problem(
-                f, t.line, construct, "the kazoo module has no such parameter",
-                "fix the name (spec: the module's parameters)"
+                f,
+                t.line,
+                construct,
+                "the kazoo module has no such parameter",
+                "fix the name (spec: the module's parameters)",
             )
             return
         if not self.pre.active:
             self._warn(
-                f, t.line, f"{construct}: inside an #!ifdef not taken, so not moved to "
-                f"{TOML_NAME}; add the key by hand if you enable that branch"
+                f,
+                t.line,
+                f"{construct}: inside an #!ifdef not taken, so not moved to "
+                f"{TOML_NAME}; add the key by hand if you enable that branch",
             )
             return
         try:
             value = self._modparam_value(args[2], f, expand_pvs=expand_pvs)
         except _Unresolved as exc:
             self._problem(
-                f, t.line, construct, f"the value cannot be known before Kamailio runs: {exc}",
+                f,
+                t.line,
+                construct,
+                f"the value cannot be known before Kamailio runs: {exc}",
                 f"#!define it in the cfg, or write the value of {key} in the modparam",
             )
             return
@@ -673,8 +706,7 @@ class _Converter:
         if len(args) not in kind.arities:
             counts = " or ".join(str(n) for n in kind.arities)
             self._problem(
-                f, t.line, construct, f"takes {counts} arguments, not {len(args)}",
-                "fix the call"
+                f, t.line, construct, f"takes {counts} arguments, not {len(args)}", "fix the call"
             )
             return
         texts: list[str] = []
@@ -683,8 +715,11 @@ class _Converter:
                 text = self._literal(arg, f)
             except _Unresolved as exc:
                 self._problem(
-                    f, t.line, construct, f"argument {number}: {exc}",
-                    "assign it to a $var first and pass the $var"
+                    f,
+                    t.line,
+                    construct,
+                    f"argument {number}: {exc}",
+                    "assign it to a $var first and pass the $var",
                 )
                 return
             self._check_2600hz(f, t.line, text)
@@ -697,8 +732,10 @@ class _Converter:
                     row["target"] = texts[3]
                 else:
                     self._warn(
-                        f, t.line, f"{construct}: 4th argument {texts[3]!r} is not a variable "
-                        "(the 2600hz build's flags); ignored, the reply is in $var(kzR)"
+                        f,
+                        t.line,
+                        f"{construct}: 4th argument {texts[3]!r} is not a variable "
+                        "(the 2600hz build's flags); ignored, the reply is in $var(kzR)",
                     )
         elif kind.op == "async_query":
             row["args"] = texts[:5]
@@ -706,7 +743,10 @@ class _Converter:
             for route in (reply, timeout):
                 if not _ROUTE_NAME.match(route):
                     self._problem(
-                        f, t.line, construct, f"route name {route!r} is not a literal name",
+                        f,
+                        t.line,
+                        construct,
+                        f"route name {route!r} is not a literal name",
                         "name the reply and timeout routes literally, so their blocks can "
                         "become route blocks that t_continue runs",
                     )
@@ -719,8 +759,9 @@ class _Converter:
         self.calls[call_id] = row
         newlines = f.text.count("\n", t.start, close.end)
         f.edits.append(
-            _Edit(t.start, close.end, f'python_exec("kazoo_call", "{call_id}"' + "\n" * newlines
-                  + ")")
+            _Edit(
+                t.start, close.end, f'python_exec("kazoo_call", "{call_id}"' + "\n" * newlines + ")"
+            )
         )
         self.counts[f"{t.text} -> python_exec"] += 1
 
@@ -748,8 +789,10 @@ class _Converter:
         row = rows.get(call_id) if isinstance(rows, dict) else None
         if not isinstance(row, dict):
             self._problem(
-                f, t.line, f'python_exec("kazoo_call", "{call_id}")',
-                f"no row [kamailio.calls.\"{call_id}\"] in the {TOML_NAME} next to the cfg",
+                f,
+                t.line,
+                f'python_exec("kazoo_call", "{call_id}")',
+                f'no row [kamailio.calls."{call_id}"] in the {TOML_NAME} next to the cfg',
                 "convert the original cfg again",
             )
             return
@@ -771,8 +814,11 @@ class _Converter:
                 prefix = decode_string(a.text)
         if prefix is None or not _ROUTE_NAME.match(prefix):
             self._problem(
-                f, t.line, construct, "only the 2600hz Kamailio build runs routes by a prefix "
-                "known at run time", "call the routes one by one with route(NAME), or give "
+                f,
+                t.line,
+                construct,
+                "only the 2600hz Kamailio build runs routes by a prefix known at run time",
+                "call the routes one by one with route(NAME), or give "
                 "routes() a literal prefix so the converter can expand it",
             )
             return
@@ -843,14 +889,20 @@ class _Converter:
             construct = f"{kind}[{block.name}]"
             if block.name in self.route_names or block.name in renamed:
                 self._problem(
-                    block.file, block.keyword.line, construct, "kazoo_async_query resumes into "
+                    block.file,
+                    block.keyword.line,
+                    construct,
+                    "kazoo_async_query resumes into "
                     f"it, so it becomes route[{block.name}], but that name is taken",
                     "give the async reply/timeout route a name of its own",
                 )
                 continue
             if block.name in self.on_refs[kind]:
                 self._problem(
-                    block.file, block.keyword.line, construct, "kazoo_async_query resumes into "
+                    block.file,
+                    block.keyword.line,
+                    construct,
+                    "kazoo_async_query resumes into "
                     "it and t_on_reply/t_on_failure also arm it; it cannot be both",
                     "give the async reply/timeout route a block of its own",
                 )
@@ -862,8 +914,12 @@ class _Converter:
         for reply, timeout, f, line in self.async_routes:
             for name in (reply, timeout):
                 if name not in known:
-                    self._warn(f, line, f"kazoo_async_query resumes into {name!r}, which no "
-                               "block of the cfg defines")
+                    self._warn(
+                        f,
+                        line,
+                        f"kazoo_async_query resumes into {name!r}, which no "
+                        "block of the cfg defines",
+                    )
 
     def _resume_routes(self) -> list[str]:
         names: list[str] = []
@@ -876,7 +932,10 @@ class _Converter:
             return
         if self.kazoo_load is None:
             self._problem(
-                main, 1, 'loadmodule "kazoo.so"', "the cfg never loads the kazoo module",
+                main,
+                1,
+                'loadmodule "kazoo.so"',
+                "the cfg never loads the kazoo module",
                 "there is nothing to convert; or load kazoo.so outside any #!ifdef not taken",
             )
             return
@@ -901,8 +960,14 @@ class _Converter:
         except ConfigError as exc:
             f, line = self.key_where.get(exc.key or "", (None, 0))
             construct = f'modparam("kazoo", "{exc.key}")' if exc.key else TOML_NAME
-            self._problem(f, line, construct, str(exc), "fix the modparam in the cfg",
-                          shown=None if f else posixpath.basename(self.main_path))
+            self._problem(
+                f,
+                line,
+                construct,
+                str(exc),
+                "fix the modparam in the cfg",
+                shown=None if f else posixpath.basename(self.main_path),
+            )
         kamailio: dict[str, Any] = {
             "bridge": old_kamailio.get("bridge", bridge),
             "socket_workers": old_kamailio.get("socket_workers", socket_workers),
@@ -925,8 +990,12 @@ class _Converter:
             elif new != f.text:
                 if f.outside:
                     self._problem(
-                        f, 1, f.path, "this included file must be rewritten but lies outside "
-                        "the main file's folder", "move it next to the main file",
+                        f,
+                        1,
+                        f.path,
+                        "this included file must be rewritten but lies outside "
+                        "the main file's folder",
+                        "move it next to the main file",
                     )
                 else:
                     files[f.rel] = new
@@ -941,7 +1010,7 @@ def _toml_text(data: Mapping[str, Any]) -> str:
         header=(
             "Written by `kazoo-amqp kamailio-convert` (docs/kamailio.md).\n"
             'Daemon keys: the cfg\'s modparam("kazoo", ...) lines. [kamailio]: the bridge;\n'
-            "[kamailio.calls]: one row per python_exec(\"kazoo_call\", ID) of the converted cfg."
+            '[kamailio.calls]: one row per python_exec("kazoo_call", ID) of the converted cfg.'
         ),
     )
 
