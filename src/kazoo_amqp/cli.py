@@ -316,7 +316,7 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
     main_path = os.path.abspath(args.cfg)
     out_dir = os.path.abspath(args.out_dir)
     try:
-        result = convert(main_path, _read_cfg)
+        result = convert(main_path, _read_cfg, out_dir=out_dir)
     except ConversionFailed as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -12,6 +12,7 @@ worker fails child_init with "database not bound" when there is no db_url) and
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 
 __all__ = ["render_includes"]
@@ -28,15 +29,20 @@ def render_includes(
     toml_name: str,
 ) -> dict[str, str]:
     """Return ``{"kazoo-amqp-modules.cfg": ..., "kazoo-amqp-routes.cfg": ...,
-    "kazoo_amqp_kemi.py": ...}`` for a converted cfg (see docs/kamailio-bridge-design.md)."""
+    "kazoo_amqp_kemi.py": ...}`` for a converted cfg (see docs/kamailio-bridge-design.md).
+
+    ``toml_name`` is the absolute path of the output folder's kazoo-amqp.toml when the CLI
+    converts (app_python3 needs the script's absolute path; the script sits next to it).
+    """
     load = "" if "app_python3" in loaded_modules else 'loadmodule "app_python3.so"\n'
+    script = posixpath.join(posixpath.dirname(toml_name), "kazoo_amqp_kemi.py")
     modules = (
         "# kazoo-amqp bridge: modules (stub, replaced by the bridge runtime)\n"
         'modparam("kazoo", "node_hostname", "kazoo-amqp-bridge")\n'
         'modparam("kazoo", "pua_mode", 0)\n'
         'modparam("kazoo", "amqp_consumer_workers", 1)\n'
         f"{load}"
-        'modparam("app_python3", "load", "kazoo_amqp_kemi.py")\n'
+        f'modparam("app_python3", "load", "{script}")\n'
     )
     routes = (
         "# kazoo-amqp bridge: routes (stub, replaced by the bridge runtime)\n"
@@ -48,6 +54,8 @@ def render_includes(
         '"""app_python3 script of the kazoo-amqp bridge (stub)."""\n'
         f"TOML_NAME = {toml_name!r}\n\n\n"
         "class _Stub:\n"
+        "    def child_init(self, rank):\n"
+        "        return 0\n\n"
         "    def kazoo_call(self, msg, call_id):\n"
         "        return -1\n\n\n"
         "def mod_init():\n"

@@ -171,11 +171,17 @@ def convert(
     main_path: str,
     read: Reader,
     *,
+    out_dir: str | None = None,
     bridge: str = DEFAULT_BRIDGE,
     socket_workers: int = DEFAULT_SOCKET_WORKERS,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> Conversion:
     """Convert the cfg at absolute path ``main_path`` (see the module docstring).
+
+    ``out_dir`` is the absolute path of the output folder: the generated files name the TOML
+    (and app_python3 the script) by absolute path, because Kamailio changes to its working
+    folder (``/`` by default) before app_python3 loads its script. Without it (tests) they
+    use the bare file name.
 
     ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]`` unless the input
     folder's ``kazoo-amqp.toml`` of an already converted cfg sets them.
@@ -184,7 +190,8 @@ def convert(
         ConversionFailed: every problem found, each as ``file:line: construct: why (fix)``.
     """
     converter = _Converter(posixpath.normpath(main_path), read)
-    return converter.run(bridge, socket_workers, max_event_bytes)
+    toml_path = posixpath.join(out_dir, TOML_NAME) if out_dir else TOML_NAME
+    return converter.run(bridge, socket_workers, max_event_bytes, toml_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +289,9 @@ class _Converter:
 
     # -- driver ------------------------------------------------------------------------------
 
-    def run(self, bridge: str, socket_workers: int, max_event_bytes: int) -> Conversion:
+    def run(
+        self, bridge: str, socket_workers: int, max_event_bytes: int, toml_path: str
+    ) -> Conversion:
         main_text = self.read(self.main_path)
         shown = posixpath.basename(self.main_path)
         if main_text is None:
@@ -309,7 +318,7 @@ class _Converter:
             loaded_modules=frozenset(self.loaded_modules),
             original_xhttp_route=XHTTP_ORIGINAL if self.xhttp else None,
             resume_routes=self._resume_routes(),
-            toml_name=TOML_NAME,
+            toml_name=toml_path,
         )
         files, links = self._outputs(main)
         for name, text in [(TOML_NAME, _toml_text(toml_data)), *generated.items()]:
