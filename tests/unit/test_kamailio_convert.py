@@ -491,3 +491,15 @@ def test_a_converted_cfg_without_its_toml_is_an_error() -> None:
     del tree["kazoo-amqp.toml"]
     found = problems(tree)
     assert "no row [kamailio.calls." in found[0]
+
+
+def test_other_modules_parameters_are_walked_like_any_text() -> None:
+    cfg = (
+        HEAD + 'modparam("rtimer", "exec", "timer=t;route=R") # $kzE\nmodparam("x", "y", "$kzE")\n'
+    )
+    assert 'modparam("x", "y", "$var(kzE)")' in run({"kamailio.cfg": cfg}).files["kamailio.cfg"]
+
+
+def test_a_kazoo_call_inside_a_define_is_an_error() -> None:
+    found = problems({"kamailio.cfg": HEAD + '#!define PUB kazoo_publish("a", "b", "c")\n'})
+    assert found[0].startswith("kamailio.cfg:5: #!define ... kazoo_publish(: a call inside")

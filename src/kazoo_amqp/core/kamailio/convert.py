@@ -27,6 +27,7 @@ writes nothing. Converting the output again gives the same files: a cfg that alr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 import re
 import tomllib
@@ -410,6 +411,20 @@ class _Converter:
             self._problem(f, t.line, f"#!{keyword}", problem, "fix the directive")
         if keyword in ("define", "def", "trydefine", "trydef", "redefine", "redef"):
             self._plain_text(f, t)
+            try:
+                body = [x for x in tokenize(rest) if x.kind not in ("ws", "comment")]
+            except CfgSyntaxError:
+                body = []  # a define's value need not be cfg text on its own
+            for a, b in itertools.pairwise(body):
+                if a.kind == "id" and a.text in CALLS and b.text == "(":
+                    self._problem(
+                        f,
+                        t.line,
+                        f"#!{keyword} ... {a.text}(",
+                        "a call inside a #!define "
+                        "cannot be converted (Kamailio pastes it where the name is used)",
+                        "write the call out where the define is used",
+                    )
 
     def _plain_text(self, f: _File, t: Token) -> None:
         """Renames and 2600hz checks inside a pseudo-variable, string or define."""
@@ -453,8 +468,9 @@ class _Converter:
         if name in ("modparam", "modparamx"):
             after = toks[sig[close_k + 1]] if close_k + 1 < len(sig) else None
             end = after.end if after is not None and after.text == ";" else close.end
-            self._modparam(f, t, args, end, expand_pvs=name == "modparamx")
-            return close_k
+            if self._modparam(f, t, args, end, expand_pvs=name == "modparamx"):
+                return close_k
+            return k  # another module's parameter: its strings are walked as usual
         if name in CALLS:
             self._call(f, t, args, close)
             return close_k
@@ -524,8 +540,7 @@ class _Converter:
             raise _Unresolved(f"{name} is #!define'd with no value")
         if depth > 10:
             raise _Unresolved(f"{name}: #!define refers to itself")
-        tokens = [t for t in tokenize(value) if t.kind not in ("ws", "comment")]
-        return self._literal(tokens, f, depth=depth + 1)
+        return self._literal(_significant(value), f, depth=depth + 1)
 
     def _modparam_value(self, arg: list[Token], f: _File, *, expand_pvs: bool) -> str | int:
         sig = [a for a in arg if a.kind not in ("ws", "comment")]
@@ -543,7 +558,7 @@ class _Converter:
             return self.pre.defines[m.group(2)]  # $def() gives the raw text, quotes included
         if len(sig) == 1 and sig[0].kind == "id":
             value = self.pre.defines.get(sig[0].text, "")
-            inner = [t for t in tokenize(value) if t.kind not in ("ws", "comment")]
+            inner = _significant(value)
             if len(inner) == 1 and inner[0].kind in ("string", "sqstring"):
                 return self.pre.substitute(decode_string(inner[0].text))
         text = self._literal(sig, f)
@@ -645,20 +660,21 @@ class _Converter:
 
     def _modparam(
         self, f: _File, t: Token, args: list[list[Token]], end: int, *, expand_pvs: bool
-    ) -> None:
+    ) -> bool:
+        """Handle a ``modparam("kazoo", ...)``; return False for another module's."""
         if len(args) != 3:
-            return
+            return False
         try:
             module = self._literal(args[0], f)
         except _Unresolved:
-            return
+            return False
         if module != "kazoo":
-            return
+            return False
         try:
             key = self._literal(args[1], f)
         except _Unresolved as exc:
             self._problem(f, t.line, 'modparam("kazoo", ...)', str(exc), "name the parameter")
-            return
+            return True
         construct = f'modparam("kazoo", "{key}")'
         self._replace_with_comment(
             f, t.start, end, f'kazoo-amqp: modparam("kazoo", "{key}", ...) moved to {TOML_NAME}'
@@ -672,7 +688,7 @@ class _Converter:
                 "the kazoo module has no such parameter",
                 "fix the name (spec: the module's parameters)",
             )
-            return
+            return True
         if not self.pre.active:
             self._warn(
                 f,
@@ -680,7 +696,7 @@ class _Converter:
                 f"{construct}: inside an #!ifdef not taken, so not moved to "
                 f"{TOML_NAME}; add the key by hand if you enable that branch",
             )
-            return
+            return True
         try:
             value = self._modparam_value(args[2], f, expand_pvs=expand_pvs)
         except _Unresolved as exc:
@@ -691,13 +707,14 @@ class _Converter:
                 f"the value cannot be known before Kamailio runs: {exc}",
                 f"#!define it in the cfg, or write the value of {key} in the modparam",
             )
-            return
+            return True
         if key == "amqp_connection":
             previous = self.daemon_keys.get(key, [])
             self.daemon_keys[key] = [*previous, value] if isinstance(previous, list) else [value]
         else:
             self.daemon_keys[key] = value
         self.key_where[key] = (f, t.line)
+        return True
 
     def _replace_with_comment(self, f: _File, start: int, end: int, comment: str) -> None:
         newlines = f.text.count("\n", start, end)
@@ -1024,6 +1041,14 @@ def _toml_text(data: Mapping[str, Any]) -> str:
     )
 
 
+def _significant(text: str) -> list[Token]:
+    """The tokens of a define's value without blanks and comments."""
+    try:
+        return [t for t in tokenize(text) if t.kind not in ("ws", "comment")]
+    except CfgSyntaxError as exc:
+        raise _Unresolved(f"{text!r} is not cfg text ({exc.why})") from None
+
+
 def _as_int(text: str) -> int:
     try:
         return int(text, 16) if text.lower().startswith("0x") else int(text)
@@ -1033,7 +1058,10 @@ def _as_int(text: str) -> int:
 
 def _is_target(text: str) -> bool:
     """Whether a 4th ``kazoo_query`` argument names one writable variable."""
-    tokens = tokenize(text) if text.startswith("$") else []
+    try:
+        tokens = tokenize(text) if text.startswith("$") else []
+    except CfgSyntaxError:
+        return False
     if len(tokens) != 1 or tokens[0].kind != "pv":
         return False
     return not re.match(r"\$\(?(defn?|env|null)\b", text)
