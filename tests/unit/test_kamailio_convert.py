@@ -503,3 +503,39 @@ def test_other_modules_parameters_are_walked_like_any_text() -> None:
 def test_a_kazoo_call_inside_a_define_is_an_error() -> None:
     found = problems({"kamailio.cfg": HEAD + '#!define PUB kazoo_publish("a", "b", "c")\n'})
     assert found[0].startswith("kamailio.cfg:5: #!define ... kazoo_publish(: a call inside")
+
+
+def test_substdef_strings_see_earlier_substdefs_like_kamailio() -> None:
+    cfg = (
+        '#!substdef "!DATA_DIR!/var/lib/kz!g"\n#!substdef "!DB_URL!sqlite:///DATA_DIR/p.db!g"\n'
+        + HEAD
+        + 'modparam("kazoo", "db_url", "DB_URL")\n'
+    )
+    toml = tomllib.loads(run({"kamailio.cfg": cfg}).files["kazoo-amqp.toml"])
+    assert toml["db_url"] == "sqlite:////var/lib/kz/p.db"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('include_file "db_$def(DB).cfg"', 'include_file "db_$def(DB).cfg": stock Kamailio'),
+        ("bflags\n    FLB_NATB,\n    FLB_KA;", "bflags: only the 2600hz Kamailio build"),
+    ],
+)
+def test_more_2600hz_only_forms(line: str, expected: str) -> None:
+    found = problems({"kamailio.cfg": HEAD + line + "\n"})
+    assert found[0].startswith("kamailio.cfg:5: " + expected), found
+
+
+def test_consumer_processes_is_left_out_when_workers_differs() -> None:
+    cfg = HEAD + (
+        'modparam("kazoo", "amqp_consumer_processes", 4)\n'
+        'modparam("kazoo", "amqp_consumer_workers", 16)\n'
+        '#!ifdef A\nmodparam("kazoo", "amqp_connection", "x")\n#!endif\n'
+        '#!ifdef B\nmodparam("kazoo", "amqp_connection", "y")\n#!endif\n'
+    )
+    result = run({"kamailio.cfg": cfg})
+    toml = tomllib.loads(result.files["kazoo-amqp.toml"])
+    assert "amqp_consumer_processes" not in toml and toml["amqp_consumer_workers"] == 16
+    assert result.warnings[0].startswith('kamailio.cfg:8,11: modparam("kazoo", "amqp_connection")')
+    assert result.warnings[1].startswith("kamailio.cfg:5: amqp_consumer_processes = 4 left out")

@@ -80,6 +80,8 @@ DEFAULT_SOCKET_WORKERS = 4
 DEFAULT_MAX_EVENT_BYTES = 1048576
 _MAX_INCLUDE_DEPTH = 10  # Kamailio's own limit
 _GENERATED = (MODULES_INCLUDE, ROUTES_INCLUDE)
+# Modules the bridge's generated include may load (a second load stops Kamailio).
+_BRIDGE_MODULES = frozenset({"xhttp", "app_python3", "tm", "tmx", "htable", "pv", "sl", "cfgutils"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ class Problem:
 
 
 class ConversionFailed(UsageError):
-    """The cfg cannot be converted; ``problems`` lists every reason, in file order."""
+    """The cfg cannot be converted; ``problems`` lists every reason, in reading order."""
 
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
@@ -268,6 +270,7 @@ class _Converter:
         self.pre = Preprocessor()
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        self._warned: dict[str, list[int]] = {}
         self.counts: dict[str, int] = dict.fromkeys(_REPORT_ORDER, 0)
         self.files: dict[str, _File] = {}
         self.walking: list[str] = []
@@ -335,7 +338,18 @@ class _Converter:
         if self.problems:
             raise ConversionFailed(self.problems)
         report = tuple(f"{kind}: {n}" for kind, n in self.counts.items() if n)
-        return Conversion(files, links, report, tuple(self.warnings))
+        return Conversion(files, links, report, self._warning_lines())
+
+    def _warning_lines(self) -> tuple[str, ...]:
+        lines = []
+        for key in self.warnings:
+            if key not in self._warned:  # added directly, already a full line
+                lines.append(key)
+                continue
+            shown, text = key.split("\0", 1)
+            where = ",".join(str(n) for n in self._warned[key])
+            lines.append(f"{shown}:{where}: {text}")
+        return tuple(lines)
 
     def _peek_previous(self, main_text: str) -> None:
         """Read the input folder's kazoo-amqp.toml when the cfg looks converted already."""
@@ -379,7 +393,13 @@ class _Converter:
         self.problems.append(Problem(name, line, construct, why, fix))
 
     def _warn(self, f: _File, line: int, text: str) -> None:
-        self.warnings.append(f"{f.shown}:{line}: {text}")
+        """Record a warning; the same text again in the same file only adds its line."""
+        key = f"{f.shown}\0{text}"
+        if key in self._warned:
+            self._warned[key].append(line)
+        else:
+            self._warned[key] = [line]
+            self.warnings.append(key)
 
     # -- the walk ----------------------------------------------------------------------------
 
@@ -450,6 +470,15 @@ class _Converter:
                 "import_files",
                 "only the 2600hz Kamailio build reads a glob of files",
                 'write one import_file "NAME" line per file',
+            )
+            return k
+        if name == "bflags" and nxt is not None and nxt.kind == "id":
+            self._problem(
+                f,
+                t.line,
+                "bflags",
+                "only the 2600hz Kamailio build declares branch flags by name",
+                "#!define each name as its flag number instead",
             )
             return k
         if name == "loadmodule" and nxt is not None and nxt.kind == "string":
@@ -581,6 +610,16 @@ class _Converter:
             return
         name = self.pre.substitute(decode_string(quoted))
         construct = f'{keyword} "{name}"'
+        if "$" in name:
+            self._problem(
+                f,
+                t.line,
+                construct,
+                "stock Kamailio does not expand variables in include "
+                "names (only the 2600hz build does)",
+                "use a #!substdef name in the file name",
+            )
+            return
         if posixpath.basename(name) in _GENERATED:
             self.converted = True
             return
@@ -641,7 +680,7 @@ class _Converter:
         if self.pre.active:
             self.loaded_modules.add(module)
             self.pre.module_loaded(module)
-        elif module != "kazoo":
+        elif module in _BRIDGE_MODULES and not self.pre.conditions[-1].startswith("MOD_"):
             self._warn(
                 f,
                 t.line,
@@ -981,6 +1020,17 @@ class _Converter:
         old_kamailio = previous.pop("kamailio", {})
         old_kamailio = old_kamailio if isinstance(old_kamailio, dict) else {}
         daemon: dict[str, Any] = {**previous, **self.daemon_keys}
+        processes, workers = "amqp_consumer_processes", "amqp_consumer_workers"
+        if processes in daemon and workers in daemon and daemon[processes] != daemon[workers]:
+            # C: processes = consume connections per broker, workers = processes running event
+            # routes; kazoo-amqp has one consume connection per broker and only the latter.
+            f, line = self.key_where.get(processes, (None, 0))
+            self.warnings.append(
+                f"{f.shown if f else TOML_NAME}:{line}: {processes} = {daemon[processes]} "
+                f"left out of {TOML_NAME}: kazoo-amqp keeps one consume connection per broker; "
+                f"{workers} = {daemon[workers]} sets its event workers"
+            )
+            del daemon[processes]
         try:
             settings_from_mapping(daemon, base_dir="/", default_app_version="0")
         except ConfigError as exc:

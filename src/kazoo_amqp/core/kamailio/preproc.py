@@ -26,8 +26,31 @@ class Subst:
     """One ``#!subst`` rule: a sed-like ``/regex/replacement/flags``."""
 
     pattern: re.Pattern[str]
-    replacement: str
+    replacement: str  # sed form: \\N is group N, \\c is c
     count: int  # 0 = every match (flag g), 1 = the first only
+
+    def apply(self, text: str) -> str:
+        return self.pattern.sub(self._expand, text, count=self.count)
+
+    def _expand(self, m: re.Match[str]) -> str:
+        out: list[str] = []
+        repl = self.replacement
+        i = 0
+        while i < len(repl):
+            c = repl[i]
+            if c == "\\" and i + 1 < len(repl):
+                nxt = repl[i + 1]
+                if nxt.isdigit():
+                    index = int(nxt)
+                    group = m.group(index) if index <= (m.re.groups or 0) else None
+                    out.append(group or "")
+                else:
+                    out.append(nxt)
+                i += 2
+            else:
+                out.append(c)
+                i += 1
+        return "".join(out)
 
 
 def parse_subst(expression: str) -> tuple[Subst, str] | None:
@@ -61,10 +84,7 @@ def parse_subst(expression: str) -> tuple[Subst, str] | None:
         pattern = re.compile(regex, re.IGNORECASE if "i" in flags else 0)
     except re.error:
         return None
-    python_repl = re.sub(r"\\([0-9])", r"\\g<\1>", repl.replace("\\\\", "\x00")).replace(
-        "\x00", "\\\\"
-    )
-    return Subst(pattern, python_repl, 0 if "g" in flags else 1), regex
+    return Subst(pattern, repl, 0 if "g" in flags else 1), regex
 
 
 @dataclass
@@ -116,7 +136,8 @@ class Preprocessor:
         if keyword in ("subst", "substdef", "substdefs"):
             if not rest.startswith('"') or not rest.endswith('"') or len(rest) < 2:
                 return f"#!{keyword} needs one quoted /regex/replacement/flags expression"
-            parsed = parse_subst(decode_string(rest))
+            # The directive's string is itself a cfg string: earlier rules apply to it first.
+            parsed = parse_subst(self.substitute(decode_string(rest)))
             if parsed is None:
                 return f"#!{keyword} {rest}: not a valid /regex/replacement/flags expression"
             subst, regex = parsed
@@ -133,5 +154,5 @@ class Preprocessor:
     def substitute(self, text: str) -> str:
         """Apply every ``#!subst``/``#!substdef`` so far to a string, as Kamailio does."""
         for subst in self.substs:
-            text = subst.pattern.sub(subst.replacement, text, count=subst.count)
+            text = subst.apply(text)
         return text
