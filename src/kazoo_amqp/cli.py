@@ -322,6 +322,11 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"kazoo-amqp: {len(exc.problems)} problem(s); nothing written", file=sys.stderr)
         return EXIT_CONVERT_FAILED
+    except OSError as exc:
+        print(
+            f"{exc.filename}: cannot be read ({exc.strerror}); nothing written", file=sys.stderr
+        )
+        return EXIT_CONVERT_FAILED
     same_folder = os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(main_path))
     links = {
         rel: target
@@ -340,7 +345,11 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
         print(line)
     for warning in result.warnings:
         print(f"warning: {warning}")
-    _write_tree(out_dir, dict(result.files), links)
+    try:
+        _write_tree(out_dir, dict(result.files), links)
+    except OSError as exc:
+        print(f"kazoo-amqp: writing {args.out_dir} failed: {exc}", file=sys.stderr)
+        return EXIT_CONVERT_FAILED
     print(f"wrote {args.out_dir}: {len(result.files)} files, {len(links)} links to "
           "unchanged includes")
     return EXIT_OK
