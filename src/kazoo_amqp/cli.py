@@ -341,15 +341,15 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONVERT_FAILED
-    for line in result.report or ("nothing to rewrite: the cfg is converted already",):
-        print(line)
-    for warning in result.warnings:
-        print(f"warning: {warning}")
     try:
         _write_tree(out_dir, dict(result.files), links)
     except OSError as exc:
         print(f"kazoo-amqp: writing {args.out_dir} failed: {exc}", file=sys.stderr)
         return EXIT_CONVERT_FAILED
+    for line in result.report or ("nothing to rewrite: the cfg is converted already",):
+        print(line)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"wrote {args.out_dir}: {len(result.files)} files, {len(links)} links to "
           "unchanged includes")
     return EXIT_OK
