@@ -539,3 +539,15 @@ def test_consumer_processes_is_left_out_when_workers_differs() -> None:
     assert "amqp_consumer_processes" not in toml and toml["amqp_consumer_workers"] == 16
     assert result.warnings[0].startswith('kamailio.cfg:8,11: modparam("kazoo", "amqp_connection")')
     assert result.warnings[1].startswith("kamailio.cfg:5: amqp_consumer_processes = 4 left out")
+
+
+def test_converted_again_when_only_an_include_calls_kazoo() -> None:
+    files = {
+        "kamailio.cfg": '#!KAMAILIO\nloadmodule "tm.so"\ninclude_file "kz.cfg"\n',
+        "kz.cfg": 'loadmodule "kazoo.so"\nmodparam("kazoo", "node_hostname", "a")\n'
+        'route[X] { kazoo_publish("a", "b", "c"); }\n',
+    }
+    first = run(files)
+    second = run(dict(first.files))
+    assert second.files["kazoo-amqp.toml"] == first.files["kazoo-amqp.toml"]
+    assert second.report == ()

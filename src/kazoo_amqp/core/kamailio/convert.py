@@ -353,7 +353,7 @@ class _Converter:
 
     def _peek_previous(self, main_text: str) -> None:
         """Read the input folder's kazoo-amqp.toml when the cfg looks converted already."""
-        if MODULES_INCLUDE not in main_text and 'python_exec("kazoo_call"' not in main_text:
+        if not any(mark in main_text for mark in (*_GENERATED, 'python_exec("kazoo_call"')):
             return
         path = posixpath.join(self.in_dir, TOML_NAME)
         text = self.read(path)
@@ -364,10 +364,18 @@ class _Converter:
         except tomllib.TOMLDecodeError as exc:
             self._problem(None, 0, TOML_NAME, f"not valid TOML ({exc})", "fix or remove it")
             return
+        kamailio = data.get("kamailio")
+        if not isinstance(kamailio, dict) or not isinstance(kamailio.get("calls", {}), dict):
+            self._problem(
+                None,
+                0,
+                TOML_NAME,
+                "[kamailio] or its calls table is not a table",
+                "convert the original cfg again",
+            )
+            return
         self.previous = data
-        calls = data.get("kamailio", {}).get("calls", {})
-        if isinstance(calls, dict):
-            self.reserved_ids.update(calls)
+        self.reserved_ids.update(kamailio.get("calls", {}))
 
     def _load(self, path: str, text: str, rel: str, shown: str, *, outside: bool) -> _File | None:
         try:
