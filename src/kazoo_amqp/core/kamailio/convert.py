@@ -1042,7 +1042,7 @@ class _Converter:
         try:
             settings_from_mapping(daemon, base_dir="/", default_app_version="0")
         except ConfigError as exc:
-            f, line = self.key_where.get(exc.key or "", (None, 0))
+            f, line = self.key_where.get(exc.key or "", (None, 1))
             construct = f'modparam("kazoo", "{exc.key}")' if exc.key else TOML_NAME
             self._problem(
                 f,
