@@ -9,6 +9,7 @@
     kazoo-amqp json JSON PATH
     kazoo-amqp status
     kazoo-amqp db init
+    kazoo-amqp kamailio-convert IN.cfg --out-dir DIR
 
 ``publish``/``query``/``pua-publish`` use a running daemon's socket; when none answers, publish
 and query connect to the broker themselves and pua-publish writes the database directly.
@@ -42,6 +43,7 @@ EXIT_BAD_INPUT = 2  # bad arguments, bad payload, bad config
 EXIT_TIMEOUT = 3  # query timed out
 EXIT_NO_BROKER = 4  # no daemon and no broker reachable
 EXIT_FAILED = 5  # anything else the daemon or broker refused
+EXIT_CONVERT_FAILED = 1  # `kamailio-convert`: the cfg cannot be converted; nothing written
 
 DEFAULT_CONFIG = "kazoo-amqp.toml"
 
@@ -264,6 +266,95 @@ def cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_cfg(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            return handle.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _write_tree(out_dir: str, files: dict[str, str], links: dict[str, str]) -> None:
+    """Write ``files`` and make ``links`` under ``out_dir``, all or nothing.
+
+    Everything is first written to a fresh folder next to ``out_dir``, then moved in place.
+    """
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    staging = tempfile.mkdtemp(prefix=".kamailio-convert-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the cfg from Kamailio's user
+    try:
+        for rel, text in files.items():
+            path = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as h:
+                h.write(text)
+        for rel, target in links.items():
+            path = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(os.path.realpath(target), path)
+        if not os.path.exists(out_dir):
+            os.rename(staging, out_dir)
+            return
+        for rel in [*files, *links]:
+            dest = os.path.join(out_dir, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if os.path.islink(dest) or os.path.isfile(dest):
+                os.unlink(dest)
+            os.rename(os.path.join(staging, rel), dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def cmd_kamailio_convert(args: argparse.Namespace) -> int:
+    from kazoo_amqp.core.kamailio import ConversionFailed, convert
+
+    main_path = os.path.abspath(args.cfg)
+    out_dir = os.path.abspath(args.out_dir)
+    try:
+        result = convert(main_path, _read_cfg, out_dir=out_dir)
+    except ConversionFailed as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"kazoo-amqp: {len(exc.problems)} problem(s); nothing written", file=sys.stderr)
+        return EXIT_CONVERT_FAILED
+    except OSError as exc:
+        print(
+            f"{exc.filename}: cannot be read ({exc.strerror}); nothing written", file=sys.stderr
+        )
+        return EXIT_CONVERT_FAILED
+    same_folder = os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(main_path))
+    links = {
+        rel: target
+        for rel, target in result.links.items()
+        if os.path.realpath(target) != os.path.realpath(os.path.join(out_dir, rel))
+    }
+    if same_folder and any(_read_cfg(os.path.join(out_dir, rel)) != text
+                           for rel, text in result.files.items()):
+        print(
+            f"kazoo-amqp: --out-dir {args.out_dir} is the input folder and the conversion "
+            "changes files there; pass another --out-dir (nothing written)",
+            file=sys.stderr,
+        )
+        return EXIT_CONVERT_FAILED
+    try:
+        _write_tree(out_dir, dict(result.files), links)
+    except OSError as exc:
+        print(f"kazoo-amqp: writing {args.out_dir} failed: {exc}", file=sys.stderr)
+        return EXIT_CONVERT_FAILED
+    for line in result.report or ("nothing to rewrite: the cfg is converted already",):
+        print(line)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"wrote {args.out_dir}: {len(result.files)} files, {len(links)} links to "
+          "unchanged includes")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kazoo-amqp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"kazoo-amqp {_version()}")
@@ -312,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p = add("db", cmd_db, "database tools")
     p.add_argument("action", choices=("init",))
+    p = sub.add_parser(
+        "kamailio-convert",
+        help="convert a kamailio.cfg written for the C kazoo module to stock Kamailio + bridge",
+    )
+    p.add_argument("cfg", help="the main cfg file (IN.cfg); its includes are followed")
+    p.add_argument("--out-dir", required=True, help="folder for the converted files")
+    p.set_defaults(func=cmd_kamailio_convert)
     return parser
 
 
