@@ -254,7 +254,9 @@ class Daemon:
             reason=str(error),
         )
         seq = self.pool.next_seq()
-        frame = encode_named_event(seq, PUBLISH_FAILED, jsonc.dumps(body).encode("utf-8", "surrogatepass"))
+        frame = encode_named_event(
+            seq, PUBLISH_FAILED, jsonc.dumps(body).encode("utf-8", "surrogatepass")
+        )
         self.pool.dispatch(self.pool.pick(None), seq, frame, None)
 
     def _on_connection_event(self, state: str, spec: BrokerSpec) -> None:

@@ -296,4 +296,3 @@ class LinkSupervisor:
             }
             for link in self.links
         ]
-
