@@ -320,7 +320,9 @@ class FakeChannel:
         confirm.set_result(None)
 
     def _close_by_broker(self, culprit: int, code: int, text: str) -> None:
-        err = BrokerRefused(f"RabbitMQ closed channel {self.number}: {code} {text}", reply_code=code)
+        err = BrokerRefused(
+            f"RabbitMQ closed channel {self.number}: {code} {text}", reply_code=code
+        )
         confirm, _ = self._pending.pop(culprit)
         confirm.set_exception(err)
         self._terminate(err, NotConnected(f"channel {self.number} closed by another publish"))

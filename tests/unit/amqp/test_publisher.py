@@ -67,9 +67,7 @@ async def test_a_refused_publish_fails_only_itself_and_the_others_are_sent_again
         error = out.errors["150"]
         assert isinstance(error, BrokerRefused) and error.reply_code == 404
         assert "no-such-exchange" in str(error)
-        assert set(msg_ids(rig.net["a"].published)) == {
-            r["msg_id"] for r in out.results.values()
-        }
+        assert set(msg_ids(rig.net["a"].published)) == {r["msg_id"] for r in out.results.values()}
         assert rig.manager.status()["publish_retried"] > 0
         assert rig.manager.links[0].channel is not None and rig.manager.links[0].channel.is_open
         assert rig.events == [("open", 1)]  # no reconnect for a channel error
@@ -114,7 +112,9 @@ async def test_blocked_broker_keeps_publishes_buffered_without_reconnecting() ->
         broker.unblock()
         await until(lambda: out.settled == 200)
         assert out.errors == {}
-        assert sorted(msg_ids(broker.published)) == sorted(r["msg_id"] for r in out.results.values())
+        assert sorted(msg_ids(broker.published)) == sorted(
+            r["msg_id"] for r in out.results.values()
+        )
         assert broker.connects == 2 and rig.events == [("open", 1)]
 
 
@@ -135,7 +135,7 @@ async def test_confirms_held_by_a_blocked_broker_do_not_count_as_a_dead_link() -
 
 async def test_blocked_broker_fails_over_to_another_of_the_zone_and_back() -> None:
     async with Rig("a", "b") as rig:
-        a, b = rig.net["a"], rig.net["b"]
+        a = rig.net["a"]
         out = Outcomes()
         a.block()
         for i in range(10):
@@ -146,10 +146,7 @@ async def test_blocked_broker_fails_over_to_another_of_the_zone_and_back() -> No
         rig.manager.submit("amq.topic", "k", {}, done=out.done_for("back"))
         await until(lambda: out.settled == 11)
         assert out.results["back"]["server_id"] == 1  # fail-back
-        assert rig.events == [("open", 1), ("open", 2)] or sorted(rig.events) == [
-            ("open", 1),
-            ("open", 2),
-        ]
+        assert sorted(rig.events) == [("open", 1), ("open", 2)]  # no reconnect
 
 
 async def test_channel_flow_stops_and_resumes_publishing() -> None:
@@ -211,7 +208,6 @@ async def test_buffer_deadline_fails_with_publish_expired_and_a_full_buffer_refu
             rig.manager.submit("amq.topic", "k", {}, done=out.done_for(str(i)))
         with pytest.raises(BufferFull, match="publish_buffer_size"):
             rig.manager.submit("amq.topic", "k", {})
-        rig.manager.submit  # noqa: B018
         await until(lambda: out.settled == 3)
         for error in out.errors.values():
             assert isinstance(error, PublishExpired) and isinstance(error, NotConnected)
