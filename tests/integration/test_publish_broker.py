@@ -21,11 +21,12 @@ import pytest
 from kazoo_amqp.amqp.manager import Manager
 from kazoo_amqp.amqp.publisher import Outgoing
 from kazoo_amqp.core.broker_url import BrokerSpec
-from kazoo_amqp.core.config import Settings, settings_from_mapping
+from kazoo_amqp.core.config import Settings, load_config, settings_from_mapping
 from kazoo_amqp.core.message import server_id_for
 from kazoo_amqp.core.subscription import Subscription, parse_subscription
+from kazoo_amqp.daemon import Daemon
 from kazoo_amqp.errors import BrokerRefused, PublishNacked
-from tests.integration.daemon_harness import AMQP_URL, unique
+from tests.integration.daemon_harness import AMQP_URL, DaemonProcess, unique
 from tests.integration.rabbit_nodes import RabbitNode
 
 pytestmark = [pytest.mark.broker]
@@ -301,3 +302,36 @@ async def test_memory_alarm_holds_publishes_without_reconnects_losses_or_duplica
         assert reply["Probe"] == 1
     finally:
         await manager.stop()
+
+
+PUBLISH_FAILED_ROUTES = """
+@router.route("kazoo:publish-failed")
+def failed(kz):
+    record(kz)
+"""
+
+
+async def test_daemon_runs_kazoo_publish_failed_for_an_accepted_publish_that_fails(
+    rabbitmq: dict[str, object], tmp_path: Path
+) -> None:
+    """A publish accepted without a confirm request and refused by the broker runs the
+    kazoo:publish-failed route in a worker, with the message fields plus Error and Reason."""
+    files = DaemonProcess(tmp_path, PUBLISH_FAILED_ROUTES, workers=1)  # config + routes only
+    settings = load_config(str(files.config_path), default_app_version="test")
+    daemon = Daemon(settings, str(files.config_path), shutdown_grace=2.0)
+    await daemon.start()
+    try:
+        assert await daemon.manager.wait_connected(10)
+        missing = unique("kzt.gone")
+        msg_id = daemon.manager.submit(missing, "some.key", {"Event-Category": "c", "A": 1})
+        await _until(lambda: bool(files.events()), 15)
+        [event] = files.events()
+        assert event["route"] == "kazoo:publish-failed"
+        payload = event["payload"]
+        assert payload["Msg-ID"] == msg_id and payload["A"] == 1
+        assert payload["Error"] == "BrokerRefused" and "404" in payload["Reason"]
+        assert payload["Publish-Exchange"] == missing
+        assert payload["Publish-Routing-Key"] == "some.key"
+        assert daemon.manager.status()["publish_failed"] == 1
+    finally:
+        await daemon.stop()
