@@ -81,9 +81,12 @@ class Manager:
     async def wait_connected(
         self, timeout: float, *, give_up_when_all_failed: bool = False
     ) -> bool:
-        """Wait until a primary-zone broker can take publishes (one-shot commands, tests)."""
+        """Wait until a primary-zone broker is connected (one-shot commands, tests).
+
+        A connected broker that blocks publishing counts: publishes wait for it in the buffer.
+        """
         return await self.supervisor.wait_for(
-            lambda: self.publisher.pick(None) is not None,
+            lambda: any(link.up and link.spec.primary for link in self.links),
             timeout,
             give_up=give_up_when_all_failed,
         )

@@ -156,7 +156,10 @@ class Publisher:
         self._describe_links = describe_links
         self._buffer: collections.deque[Outgoing] = collections.deque()
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
-        self._confirms: collections.deque[tuple[float, Any, Connection]] = collections.deque()
+        # (deadline, confirm, connection written to, link): what the sweeper watches
+        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
+            collections.deque()
+        )
         self._unconfirmed = 0
         self._flush_scheduled = False
         self._closing = False
@@ -444,7 +447,7 @@ class Publisher:
             on_confirm=functools.partial(self._confirmed, m, link.spec.server_id),
         )
         self._unconfirmed += 1
-        self._confirms.append((self._clock() + self._confirm_timeout, confirm, control))
+        self._confirms.append((self._clock() + self._confirm_timeout, confirm, control, link))
 
     def _body(self, doc: dict[str, Any], link: Link) -> bytes:
         """The wire body for ``link``: with that broker's Server-ID unless the caller set one.
@@ -523,12 +526,12 @@ class Publisher:
                         keep.append(m)
                 self._buffer = keep
             while confirms and (confirms[0][1].done() or confirms[0][0] <= now):
-                _, confirm, conn = confirms.popleft()
+                _, confirm, conn, link = confirms.popleft()
                 if confirm.done() or not conn.is_open:
                     continue
-                if conn.blocked is not None:
-                    # The broker holds confirms during an alarm: not a dead connection.
-                    confirms.append((now + self._confirm_timeout, confirm, conn))
+                if conn.blocked is not None or (link.control is conn and link.blocked):
+                    # The broker holds confirms during an alarm or channel.flow: not dead.
+                    confirms.append((now + self._confirm_timeout, confirm, conn, link))
                     continue
                 log.warning(
                     "no confirm from %s:%d within publish_confirm_timeout_ms: dropping the "

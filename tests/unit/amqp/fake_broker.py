@@ -57,6 +57,8 @@ class FakeBroker:
     nack_exchanges: set[str] = field(default_factory=set)
     connections: list[FakeConnection] = field(default_factory=list)
     down: bool = False
+    #: a hung broker: takes publishes but never confirms them (no block, no flow)
+    hang: bool = False
     blocked_reason: str | None = None
     connects: int = 0
 
@@ -304,6 +306,8 @@ class FakeChannel:
             return
         if self.conn.blocked is not None or not self.flow_active:
             self._held.append(tag)
+            return
+        if self.broker.hang:
             return
         confirm, message = entry
         if message.exchange not in self.broker.exchanges:

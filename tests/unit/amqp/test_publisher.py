@@ -163,6 +163,36 @@ async def test_channel_flow_stops_and_resumes_publishing() -> None:
         assert out.errors == {} and len(broker.published) == 5
 
 
+async def test_confirms_held_by_channel_flow_do_not_count_as_a_dead_link() -> None:
+    async with Rig("a", publish_confirm_timeout_ms=50) as rig:
+        broker = rig.net["a"]
+        out = Outcomes()
+        for i in range(5):
+            rig.manager.submit("amq.topic", "k", {"I": i}, done=out.done_for(str(i)))
+        broker.flow(False)
+        await asyncio.sleep(0.3)
+        assert out.settled == 0 and broker.connects == 2
+        broker.flow(True)
+        await until(lambda: out.settled == 5)
+        assert out.errors == {}
+
+
+async def test_a_hung_broker_is_dropped_after_the_confirm_timeout_and_messages_go_again() -> None:
+    """No confirm within publish_confirm_timeout_ms on a link that is not blocked: the
+    connection is aborted, the link reconnects and the messages are sent again."""
+    async with Rig("a", publish_confirm_timeout_ms=100) as rig:
+        broker = rig.net["a"]
+        broker.hang = True
+        out = Outcomes()
+        for i in range(5):
+            rig.manager.submit("amq.topic", "k", {"I": i}, done=out.done_for(str(i)))
+        await until(lambda: broker.connects > 2, 3.0)
+        broker.hang = False
+        await until(lambda: out.settled == 5)
+        assert out.errors == {} and rig.manager.status()["publish_retried"] >= 5
+        assert ("closed", 1) in rig.events
+
+
 async def test_lost_broker_fails_over_and_unconfirmed_messages_are_sent_again() -> None:
     async with Rig("a", "b") as rig:
         a, b = rig.net["a"], rig.net["b"]
