@@ -55,6 +55,7 @@ class Recorder:
         self.frames: list[bytes] = []
         self.events: list[tuple[str, int]] = []
         self.failed: list[tuple[Outgoing, BaseException]] = []
+        self.on_done = lambda token, outcome: None
 
     def next_seq(self) -> int:
         self.seq += 1

@@ -44,13 +44,21 @@ class AckToken:
         self.tag = tag
 
 
+#: on_done(token, outcome): the callback a Dispatcher reports outcomes to.
+OutcomeSink = Callable[[Any, int], None]
+
+
 class Dispatcher(Protocol):
     """Where deliveries go (workers/pool.py ``WorkerPool``; the Kamailio bridge).
 
-    The implementation reports each outcome by calling the ``on_done(token, outcome)`` it was
-    given (wired to :meth:`Consumers.on_done`), exactly once per dispatched token that is not
-    None; ``outcome`` is a ``core.pipe.Outcome`` value (or ``GAVE_UP``).
+    ``on_done`` is the outcome callback the implementation was built with (the daemon wires it
+    to :meth:`Consumers.on_done` / ``Manager.on_done``): it is called once per dispatched
+    frame, with the frame's token and a ``core.pipe.Outcome`` value (or ``GAVE_UP``). Only
+    tokens that are not None (ack-after-handler deliveries) must be reported; a delivery whose
+    outcome never comes stays unacked until its channel closes, and the broker redelivers it.
     """
+
+    on_done: OutcomeSink
 
     def next_seq(self) -> int:
         """A fresh sequence number for the next frame."""
@@ -63,10 +71,6 @@ class Dispatcher(Protocol):
     def dispatch(self, index: int, seq: int, frame: bytes, token: Any) -> None:
         """Hand ``frame`` to worker ``index``; ``token`` comes back with its outcome."""
         ...
-
-
-#: on_done(token, outcome): the callback a Dispatcher reports outcomes to.
-OutcomeSink = Callable[[Any, int], None]
 
 
 class Consumers:

@@ -34,6 +34,7 @@ class RecordingDispatcher:
     def __init__(self) -> None:
         self.seq = 0
         self.frames: list[tuple[int, int, bytes, Any]] = []
+        self.on_done: Callable[[Any, int], None] = lambda token, outcome: None
 
     def next_seq(self) -> int:
         self.seq += 1
