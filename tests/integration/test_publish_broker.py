@@ -336,3 +336,32 @@ async def test_daemon_runs_kazoo_publish_failed_for_an_accepted_publish_that_fai
         assert daemon.manager.status()["publish_failed"] == 1
     finally:
         await daemon.stop()
+
+
+@needs_nodes
+@pytest.mark.slow
+async def test_a_persistent_message_in_a_durable_queue_survives_a_broker_restart(
+    private_node: RabbitNode,
+) -> None:
+    """persistent=True (delivery_mode 2) to a durable queue is still there after the node
+    restarts; the transient default (C's) is not."""
+    node = private_node
+    conn = pika.BlockingConnection(pika.URLParameters(node.url))
+    ch = conn.channel()
+    ch.exchange_declare("kzt.dur", "topic", durable=True)
+    ch.queue_declare("kzt-dur", durable=True)
+    ch.queue_bind("kzt-dur", "kzt.dur", "#")
+    conn.close()
+    rec = Recorder()
+    manager = _manager(_settings(node.url), rec)
+    await manager.start()
+    try:
+        assert await manager.wait_connected(10)
+        await manager.publish("kzt.dur", "k", {"Msg-ID": "kept"}, persistent=True)
+        await manager.publish("kzt.dur", "k", {"Msg-ID": "transient"})
+    finally:
+        await manager.stop()
+    await asyncio.to_thread(node.stop)  # graceful
+    await asyncio.to_thread(node.start)
+    got = await asyncio.to_thread(_drain, node.url, "kzt-dur")
+    assert got == [("kept", 2)]
