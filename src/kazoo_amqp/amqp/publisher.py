@@ -154,7 +154,7 @@ class Publisher:
         self.on_failed = on_failed
         self._clock = clock
         self._describe_links = describe_links
-        self._buffer: collections.deque[Outgoing] = collections.deque()
+        self._buffer = _Buffer()
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
         # (deadline, confirm, connection written to, link): what the sweeper watches
         self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
@@ -212,9 +212,8 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._sweeper = None
-        waiting = [*self._retry, *self._buffer]
+        waiting = [*self._retry, *self._buffer.take_all()]
         self._retry.clear()
-        self._buffer.clear()
         for m in waiting:
             self._fail(m, ShuttingDown("the daemon is stopping; the buffered publish was dropped"))
 
@@ -324,7 +323,7 @@ class Publisher:
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
         link = self.pick(m.target)
-        if link is not None and not self._buffer and not self._retry:
+        if link is not None and not self._retry and not self._buffer.waiting(m.target):
             self._write(link, m)
             return
         if link is None and len(self._buffer) >= self.settings.publish_buffer_size:
@@ -406,7 +405,7 @@ class Publisher:
 
     # -- writing --------------------------------------------------------------------------
     def _kick(self) -> None:
-        if not self._flush_scheduled and (self._buffer or self._retry):
+        if not self._flush_scheduled and (len(self._buffer) or self._retry):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -415,22 +414,18 @@ class Publisher:
         self._flush_scheduled = False
         buffer = self._buffer
         if self._retry:
-            buffer.extendleft(reversed(self._retry))
-            self._retry.clear()
-        picked: dict[int | None, Link | None] = {}
-        for _ in range(len(buffer)):
-            m = buffer.popleft()
-            if m.target not in picked:
-                picked[m.target] = self.pick(m.target)
-            link = picked[m.target]
+            buffer.push_front(self._retry)
+            self._retry = []
+        for target in buffer.targets():
+            link = self.pick(target)
             if link is None:
-                buffer.append(m)
                 continue
-            try:
-                self._write(link, m)
-            except Exception as exc:  # pragma: no cover - prepare() validated everything
-                log.exception("cannot write %r", m)
-                self._fail(m, exc)
+            for m in buffer.take(target):
+                try:
+                    self._write(link, m)
+                except Exception as exc:  # pragma: no cover - prepare() validated everything
+                    log.exception("cannot write %r", m)
+                    self._fail(m, exc)
 
     def _write(self, link: Link, m: Outgoing) -> None:
         channel = link.channel
@@ -516,15 +511,8 @@ class Publisher:
         while True:
             await asyncio.sleep(_SWEEP_S)
             now = self._clock()
-            buffer = self._buffer
-            if buffer and any(m.deadline <= now for m in buffer):
-                keep: collections.deque[Outgoing] = collections.deque()
-                for m in buffer:
-                    if m.deadline <= now:
-                        self._fail(m, self._expired(m, None))
-                    else:
-                        keep.append(m)
-                self._buffer = keep
+            for m in self._buffer.expire(now):
+                self._fail(m, self._expired(m, None))
             while confirms and (confirms[0][1].done() or confirms[0][0] <= now):
                 _, confirm, conn, link = confirms.popleft()
                 if confirm.done() or not conn.is_open:
@@ -547,6 +535,70 @@ class Publisher:
             "unconfirmed_publishes": self._unconfirmed,
             **self.counters,
         }
+
+
+class _Buffer:
+    """Messages waiting for a link, one queue per target (None: the primary zone), oldest
+    first; so messages stuck for a down ``consumer://<id>/`` server never slow the others."""
+
+    __slots__ = ("_queues", "_size")
+
+    def __init__(self) -> None:
+        self._queues: dict[int | None, collections.deque[Outgoing]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def waiting(self, target: int | None) -> bool:
+        return bool(self._queues.get(target or None))
+
+    def append(self, m: Outgoing) -> None:
+        key = m.target or None
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = collections.deque()
+        queue.append(m)
+        self._size += 1
+
+    def push_front(self, messages: list[Outgoing]) -> None:
+        """Put re-sends back ahead of everything waiting, keeping their own order."""
+        for m in reversed(messages):
+            key = m.target or None
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+            queue.appendleft(m)
+            self._size += 1
+
+    def targets(self) -> list[int | None]:
+        return [key for key, queue in self._queues.items() if queue]
+
+    def take(self, target: int | None) -> collections.deque[Outgoing]:
+        queue = self._queues.pop(target, None)
+        if queue is None:
+            return collections.deque()
+        self._size -= len(queue)
+        return queue
+
+    def take_all(self) -> list[Outgoing]:
+        messages = [m for queue in self._queues.values() for m in queue]
+        self._queues.clear()
+        self._size = 0
+        return messages
+
+    def expire(self, now: float) -> list[Outgoing]:
+        """Remove and return the messages whose deadline has passed."""
+        expired: list[Outgoing] = []
+        if not self._size:
+            return expired
+        for key, queue in list(self._queues.items()):
+            if any(m.deadline <= now for m in queue):
+                keep = collections.deque(m for m in queue if m.deadline > now)
+                expired.extend(m for m in queue if m.deadline <= now)
+                self._queues[key] = keep
+        self._size -= len(expired)
+        return expired
 
 
 def _call(done: Done, result: dict[str, Any] | None, exc: BaseException | None) -> None:

@@ -213,6 +213,25 @@ async def test_lost_broker_fails_over_and_unconfirmed_messages_are_sent_again() 
         assert out.results["back"]["server_id"] == 1
 
 
+async def test_a_publish_for_a_down_server_waits_without_holding_up_the_others() -> None:
+    """consumer://2/ targets broker 2 exactly: it waits for it; primary traffic flows meanwhile."""
+    async with Rig("a", "b") as rig:
+        b = rig.net["b"]
+        b.down = True
+        b.kill()
+        await until(lambda: not rig.manager.links[1].up)
+        out = Outcomes()
+        rig.manager.submit("amq.topic", "consumer://2/k", {}, done=out.done_for("to-b"))
+        rig.manager.submit("amq.topic", "k", {}, done=out.done_for("any"))
+        await until(lambda: "any" in out.results)
+        assert out.results["any"]["server_id"] == 1 and "to-b" not in out.results
+        assert rig.manager.status()["buffered_publishes"] == 1
+        b.down = False
+        await until(lambda: "to-b" in out.results)
+        assert out.results["to-b"]["server_id"] == 2
+        assert [p.routing_key for p in b.published] == ["k"]
+
+
 async def test_buffered_publish_is_sent_when_a_broker_comes_up() -> None:
     async with Rig("a", publish_buffer_timeout_ms=5000) as rig:
         a = rig.net["a"]
