@@ -236,9 +236,10 @@ def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
 async def test_memory_alarm_holds_publishes_without_reconnects_losses_or_duplicates(
     private_node: RabbitNode,
 ) -> None:
-    """Steady publishing through a 4 s memory alarm on a private node: connection.blocked stops
-    writing, nothing reconnects, no closed event, the reply queue stays, every message arrives
-    exactly once and every confirm caller gets its confirm after the alarm clears."""
+    """Steady publishing (2,000/s) through a 4 s memory alarm on a private node:
+    connection.blocked stops writing, nothing reconnects, no closed event, the reply queue
+    stays, every message arrives exactly once and every confirm caller gets its confirm after
+    the alarm clears."""
     node = private_node
     _sink(node.url, "kzt.alarm", "kzt-alarm-sink")
     rec = Recorder()
@@ -276,7 +277,7 @@ async def test_memory_alarm_holds_publishes_without_reconnects_losses_or_duplica
                 max_buffered = max(max_buffered, manager.status()["buffered_publishes"])
                 await asyncio.sleep(10 / rate)
 
-        publishing = asyncio.create_task(publish_steadily(8.0, 500))
+        publishing = asyncio.create_task(publish_steadily(8.0, 2000))
         await asyncio.sleep(1.5)
         await asyncio.to_thread(node.set_memory_alarm, True)
         await _until(lambda: manager.status()["blocked"] >= 1, 10)
