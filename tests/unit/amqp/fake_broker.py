@@ -39,6 +39,7 @@ class Published:
     body: bytes
     persistent: bool
     headers: Any
+    mandatory: bool = False
     confirmed: bool = False
 
 
@@ -55,6 +56,8 @@ class FakeBroker:
     declarations: list[tuple[Any, ...]] = field(default_factory=list)
     published: list[Published] = field(default_factory=list)
     nack_exchanges: set[str] = field(default_factory=set)
+    #: routing keys no queue is bound to: a mandatory publish with one is returned
+    unroutable: set[str] = field(default_factory=set)
     connections: list[FakeConnection] = field(default_factory=list)
     down: bool = False
     #: a hung broker: takes publishes but never confirms them (no block, no flow)
@@ -285,7 +288,9 @@ class FakeChannel:
         self._tag += 1
         tag = self._tag
         confirm = ConfirmCallback(on_confirm)
-        message = Published(self.broker.name, exchange, routing_key, body, persistent, headers)
+        message = Published(
+            self.broker.name, exchange, routing_key, body, persistent, headers, mandatory
+        )
         self._pending[tag] = (confirm, message)
         loop = asyncio.get_running_loop()
         if self.conn.blocked is not None or not self.flow_active:
@@ -319,6 +324,12 @@ class FakeChannel:
         if message.exchange in self.broker.nack_exchanges:
             confirm.set_exception(PublishNacked(f"basic.nack of delivery tag {tag}"))
             return
+        if message.mandatory and message.routing_key in self.broker.unroutable:
+            returned = Returned(312, "NO_ROUTE", message.exchange, message.routing_key, b"", None)
+            if self.on_return is not None:
+                self.on_return(returned)
+            confirm.set_exception(PublishFailed(f"no queue bound for {message.routing_key!r}"))
+            return
         self.broker.published.append(message)
         message.confirmed = True
         confirm.set_result(None)
@@ -330,11 +341,6 @@ class FakeChannel:
         confirm, _ = self._pending.pop(culprit)
         confirm.set_exception(err)
         self._terminate(err, NotConnected(f"channel {self.number} closed by another publish"))
-
-    def fail_return(self, tag: int) -> None:
-        """Return a mandatory message (no queue bound): its confirm fails with PublishFailed."""
-        confirm, message = self._pending.pop(tag)
-        confirm.set_exception(PublishFailed(f"no queue bound for {message.routing_key!r}"))
 
     def _terminate(self, reason: BaseException | None, pending_error: BaseException) -> None:
         if not self.is_open:

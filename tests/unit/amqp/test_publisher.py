@@ -14,6 +14,7 @@ from kazoo_amqp.errors import (
     BufferFull,
     NotConnected,
     PublishExpired,
+    PublishFailed,
     PublishNacked,
     ShuttingDown,
 )
@@ -93,6 +94,17 @@ async def test_a_nack_reaches_the_caller_as_publish_nacked() -> None:
         await until(lambda: out.settled == 1)
         assert isinstance(out.errors["n"], PublishNacked)
         assert rig.manager.status()["publish_failed"] == 1
+
+
+async def test_a_returned_mandatory_publish_fails_with_publish_failed() -> None:
+    async with Rig("a") as rig:
+        rig.net["a"].unroutable.add("nobody")
+        out = Outcomes()
+        rig.manager.submit("amq.topic", "nobody", {}, mandatory=True, done=out.done_for("m"))
+        rig.manager.submit("amq.topic", "nobody", {}, done=out.done_for("plain"))
+        await until(lambda: out.settled == 2)
+        assert isinstance(out.errors["m"], PublishFailed) and "plain" in out.results
+        assert rig.manager.status()["publish_returned"] == 1
 
 
 async def test_blocked_broker_keeps_publishes_buffered_without_reconnecting() -> None:
