@@ -27,11 +27,13 @@ from typing import Any
 
 from kazoo_amqp import __version__
 from kazoo_amqp.amqp.manager import Manager
+from kazoo_amqp.amqp.publisher import Done, Outgoing
+from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.broker_url import BrokerSpec
 from kazoo_amqp.core.config import Settings
-from kazoo_amqp.core.message import connection_event_text
-from kazoo_amqp.core.pipe import encode_event
-from kazoo_amqp.core.route_names import MOD_INIT
+from kazoo_amqp.core.message import connection_event_text, publish_failed_body
+from kazoo_amqp.core.pipe import encode_event, encode_named_event
+from kazoo_amqp.core.route_names import MOD_INIT, PUBLISH_FAILED
 from kazoo_amqp.core.subscription import Subscription
 from kazoo_amqp.errors import UsageError
 from kazoo_amqp.ipc.server import IpcServer
@@ -103,6 +105,28 @@ class DaemonBackend:
         self._presence: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
 
+    def submit(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
+        persistent: bool | None = None,
+        done: Done | None = None,
+    ) -> str:
+        """``Publisher.submit``: validate and accept; ``done`` gets the confirm or the error."""
+        return self.daemon.manager.submit(
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            mandatory=mandatory,
+            persistent=persistent,
+            done=done,
+        )
+
     async def publish(
         self,
         exchange: str,
@@ -111,9 +135,10 @@ class DaemonBackend:
         headers: str | None,
         *,
         mandatory: bool = False,
+        confirm: bool = True,
     ) -> dict[str, Any]:
         return await self.daemon.manager.publish(
-            exchange, routing_key, payload, headers, mandatory=mandatory
+            exchange, routing_key, payload, headers, mandatory=mandatory, confirm=confirm
         )
 
     def publish_cb(
@@ -124,11 +149,10 @@ class DaemonBackend:
         headers: str | None,
         *,
         mandatory: bool = False,
-        done: Any,
+        done: Done,
     ) -> None:
-        self.daemon.manager.publish_cb(
-            exchange, routing_key, payload, headers, mandatory=mandatory, done=done
-        )
+        """The socket server's call in this tree (confirm semantics); ``ipc`` moves to submit."""
+        self.submit(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
 
     async def query(
         self,
@@ -194,12 +218,14 @@ class Daemon:
             subscriptions=self.subscriptions,
             dispatcher=self.pool,
             on_event=self._on_connection_event,
+            on_failed=self._on_publish_failed,
         )
         self.backend = DaemonBackend(self)
         self.ipc = IpcServer(
             settings.socket, self.backend, max_frame=settings.max_message_bytes + 65536
         )
         self._stop = asyncio.Event()
+        self._stopping = False
 
     def _on_done(self, token: Any, outcome: int) -> None:
         self.manager.on_done(token, outcome)
@@ -211,6 +237,27 @@ class Daemon:
             "pausing" if paused else "resuming",
         )
         self.manager.pause_consumers(paused)
+
+    def _on_publish_failed(self, message: Outgoing, error: BaseException) -> None:
+        """A publish accepted without a confirm request failed: run ``kazoo:publish-failed``.
+
+        The publisher has already logged and counted it; the route is optional (a worker
+        without it reports NO_ROUTE). Nothing is dispatched once the pool is stopping.
+        """
+        if self._stopping:
+            return
+        body = publish_failed_body(
+            message.doc,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            error=type(error).__name__,
+            reason=str(error),
+        )
+        seq = self.pool.next_seq()
+        frame = encode_named_event(
+            seq, PUBLISH_FAILED, jsonc.dumps(body).encode("utf-8", "surrogatepass")
+        )
+        self.pool.dispatch(self.pool.pick(None), seq, frame, None)
 
     def _on_connection_event(self, state: str, spec: BrokerSpec) -> None:
         s = self.settings
@@ -247,6 +294,7 @@ class Daemon:
 
     async def stop(self) -> None:
         log.info("stopping: cancelling consumers")
+        self._stopping = True
         await self.manager.stop_consuming()
         leftovers = await self.pool.stop(self.shutdown_grace)
         if leftovers:

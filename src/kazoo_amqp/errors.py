@@ -12,8 +12,12 @@ This module imports nothing of ours, so every layer (and the stdlib-only
     │   └── BadPath            a JSON path that cannot be parsed (strict callers only)
     ├── BrokerError            RabbitMQ or the way to it
     │   ├── NotConnected       no broker reachable and the publish buffer cannot take it
+    │   │   └── BufferFull     the bounded publish buffer is full (publish refused)
     │   ├── PublishFailed      nacked, returned (mandatory), buffer deadline passed
+    │   │   └── PublishExpired accepted, not confirmed before publish_buffer_timeout_ms
+    │   │                      (also a NotConnected: what callers caught before it existed)
     │   └── BrokerRefused      the broker closed a channel or connection (reply code)
+    │       └── PublishNacked  the broker answered basic.nack (e.g. x-overflow reject-publish)
     ├── QueryTimeout           no correlated reply within the timeout
     ├── ProtocolError          a malformed frame on the local socket or a worker pipe
     ├── ShuttingDown           the daemon is stopping; the call was not carried out
@@ -68,12 +72,31 @@ class PublishFailed(BrokerError):
     """The broker did not confirm a publish: nack, return of a mandatory message, or deadline."""
 
 
+class BufferFull(NotConnected):
+    """The publish buffer already holds ``publish_buffer_size`` messages; this one was refused.
+
+    Raised synchronously, so the caller still owns the message and may try again later.
+    """
+
+
+class PublishExpired(PublishFailed, NotConnected):
+    """An accepted publish was not confirmed by any broker within ``publish_buffer_timeout_ms``.
+
+    It may still have reached the broker (a confirm lost with its connection): at-least-once.
+    Also a :class:`NotConnected`, the error this case raised before the class existed.
+    """
+
+
 class BrokerRefused(BrokerError):
     """The broker closed a channel or the connection with an AMQP reply code."""
 
     def __init__(self, message: str, *, reply_code: int = 0) -> None:
         super().__init__(message)
         self.reply_code = reply_code
+
+
+class PublishNacked(BrokerRefused):
+    """The broker answered a publish with ``basic.nack`` (a full ``reject-publish`` queue, …)."""
 
 
 class QueryTimeout(KazooError):
@@ -127,6 +150,9 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
         NotConnected,
         PublishFailed,
         BrokerRefused,
+        BufferFull,
+        PublishExpired,
+        PublishNacked,
         QueryTimeout,
         ProtocolError,
         ShuttingDown,

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def free_port() -> int:
@@ -95,6 +96,28 @@ class RabbitNode:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"RabbitMQ node {self.name} did not listen in {timeout}s")
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl -n <this node> ARGS`` (only ever against this private node)."""
+        env = dict(os.environ)
+        env["ERL_EPMD_ADDRESS"] = "127.0.0.1"
+        proc = subprocess.run(
+            [CTL, "-n", f"{self.name}@localhost", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def set_memory_alarm(self, on: bool) -> None:
+        """Raise or clear this node's memory alarm (publishers get connection.blocked)."""
+        alarm = "{resource_limit, memory, node()}"
+        call = f"set_alarm({{{alarm}, []}})" if on else f"clear_alarm({alarm})"
+        self.ctl("eval", f"rabbit_alarm:{call}.")
 
     def console(self) -> str:
         p = self.dir / "console.log"

@@ -84,6 +84,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("publish_buffer_size", 10000),
     ("publish_buffer_timeout_ms", 10000),
     ("publish_confirm_timeout_ms", 5000),
+    ("publish_persistent", False),
     ("prefetch", 256),
     ("handler_timeout_ms", 30000),
     ("max_message_bytes", 16 * 1024 * 1024),

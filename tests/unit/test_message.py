@@ -17,6 +17,7 @@ from kazoo_amqp.core.message import (
     inject_common_fields,
     inject_server_id,
     node_name,
+    publish_failed_body,
     reply_queue_name,
     server_id_for,
     split_consumer_prefix,
@@ -539,3 +540,20 @@ def test_connection_event_body_uses_configured_key_names_in_order(
     body = connection_event_body(key=key, subkey=subkey, state=state, host=host, zone=zone)
     assert body == doc
     assert list(body) == list(doc)
+
+
+def test_publish_failed_event_is_the_message_plus_why_and_where() -> None:
+    """kazoo:publish-failed carries every field of the message plus Error, Reason and target."""
+    doc = {"Event-Category": "c", "Msg-ID": "m1", "Error": "caller's own"}
+    body = publish_failed_body(
+        doc, exchange="ex", routing_key="rk", error="PublishNacked", reason="basic.nack"
+    )
+    assert body == {
+        "Event-Category": "c",
+        "Msg-ID": "m1",
+        "Error": "PublishNacked",
+        "Reason": "basic.nack",
+        "Publish-Exchange": "ex",
+        "Publish-Routing-Key": "rk",
+    }
+    assert doc["Error"] == "caller's own"  # the message itself is not changed

@@ -14,6 +14,7 @@ from kazoo_amqp.core.pipe import (
     DeliveryFrame,
     EventFrame,
     InitFrame,
+    NamedEventFrame,
     Outcome,
     StopFrame,
     decode_outcomes,
@@ -21,6 +22,7 @@ from kazoo_amqp.core.pipe import (
     encode_delivery,
     encode_event,
     encode_init,
+    encode_named_event,
     encode_outcomes,
     encode_stop,
 )
@@ -290,3 +292,13 @@ def test_every_encoder_writes_a_length_prefixed_frame() -> None:
         encode_delivery(1, 0, 1, False, "k", "e", b"{}"),
     ):
         assert frame == encode_frame(_payload(frame))
+
+
+@pytest.mark.parametrize(
+    ("seq", "route", "body"),
+    [(1, "kazoo:publish-failed", b'{"Error": "PublishNacked"}'), (U64_MAX, "r\u00e9", b"{}")],
+)
+def test_named_event_round_trips_seq_route_and_body(seq: int, route: str, body: bytes) -> None:
+    """encode_named_event then decode_to_worker gives the same seq, route name and body."""
+    frame = decode_to_worker(_payload(encode_named_event(seq, route, body)))
+    assert frame == NamedEventFrame(seq, route, body)

@@ -406,3 +406,56 @@ def test_subscription_is_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         sub.federate = True  # type: ignore[misc]
     assert {sub: 1}[parse_subscription(BLF)] == 1
+
+
+# "queue-args" / "exchange-args": description -> the arguments tables of the declares
+ARGS_TABLE: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
+    ("absent: no arguments, like C", {}, {}, {}),
+    ("null: no arguments", {"queue-args": None, "exchange-args": None}, {}, {}),
+    (
+        "quorum queue with a dead-letter exchange",
+        {"queue-args": {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx"}},
+        {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx"},
+        {},
+    ),
+    (
+        "numbers, booleans, nested tables and arrays",
+        {
+            "queue-args": {"x-max-length": 10, "x-overflow": "reject-publish", "x-single": True},
+            "exchange-args": {"alternate-exchange": "ae", "x-list": [1, "a"], "x-t": {"k": 1.5}},
+        },
+        {"x-max-length": 10, "x-overflow": "reject-publish", "x-single": True},
+        {"alternate-exchange": "ae", "x-list": [1, "a"], "x-t": {"k": 1.5}},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "queue_args", "exchange_args"), ARGS_TABLE, ids=[r[0] for r in ARGS_TABLE]
+)
+def test_queue_and_exchange_args_are_passed_to_the_declares(
+    name: str, fields: dict[str, Any], queue_args: dict[str, Any], exchange_args: dict[str, Any]
+) -> None:
+    sub = parse_subscription({**BLF, **fields})
+    assert dict(sub.queue.arguments) == queue_args
+    assert dict(sub.exchange.arguments) == exchange_args
+
+
+def test_declare_args_are_read_from_json_text_too() -> None:
+    text = json.dumps({**BLF, "queue-args": {"x-queue-type": "quorum"}})
+    assert dict(parse_subscription(text).queue.arguments) == {"x-queue-type": "quorum"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"queue-args": "quorum"}, "'queue-args' must be an object"),
+        ({"exchange-args": [1]}, "'exchange-args' must be an object"),
+        ({"queue-args": {"x-a": None}}, "value of 'x-a'"),
+        ({"queue-args": {"": 1}}, "empty or non-string name"),
+        ({"queue-args": {"x-" + "a" * 300: 1}}, "over 255 bytes"),
+    ],
+)
+def test_bad_declare_args_are_a_usage_error(fields: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        parse_subscription({**BLF, **fields})

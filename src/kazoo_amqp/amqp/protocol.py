@@ -51,6 +51,7 @@ from kazoo_amqp.errors import (
     BrokerRefused,
     NotConnected,
     PublishFailed,
+    PublishNacked,
     UsageError,
 )
 
@@ -413,8 +414,12 @@ class Connection:
         self.frame_max = frame_max
         self.channel_max = channel_max
         self.server_properties: dict[str, Any] = {}
-        #: True while the broker has blocked publishing (connection.blocked, resource alarm)
-        self.blocked = False
+        # STUB (pub branch, replaced by the proto rewrite): the interface amqp/publisher.py uses.
+        #: the broker's reason while it blocks publishing (connection.blocked), else None
+        self.blocked: str | None = None
+        #: called with the reason on connection.blocked / without arguments on unblocked
+        self.on_blocked: Callable[[str], None] | None = None
+        self.on_unblocked: Callable[[], None] | None = None
 
         self.closed = self._loop.create_future()
         self.is_open = False
@@ -907,11 +912,15 @@ class Connection:
             if not self._close_ok.done():
                 self._close_ok.set_result(None)
         elif isinstance(method, spec.Connection.Blocked):
-            self.blocked = True
+            self.blocked = str(method.reason or "resource alarm")
             log.warning("%s blocked publishing: %s", self._where, method.reason)
+            if self.on_blocked is not None:
+                self.on_blocked(self.blocked)
         elif isinstance(method, spec.Connection.Unblocked):
-            self.blocked = False
+            self.blocked = None
             log.info("%s unblocked publishing", self._where)
+            if self.on_unblocked is not None:
+                self.on_unblocked()
         else:
             log.warning("unexpected %s on channel 0 from %s", method.name, self._where)
 
@@ -1052,6 +1061,10 @@ class Channel:
         self.on_return = on_return
         #: called with the consumer tag when the broker cancels a consumer (queue deleted)
         self.on_cancel: Callable[[str], None] | None = None
+        # STUB (pub branch, replaced by the proto rewrite): channel.flow state and callback.
+        self.flow_active = True
+        self.on_flow: Callable[[bool], None] | None = None
+        self._exchange_of: dict[int, str] = {}
         self._conn = conn
         self._loop = conn._loop
         self._closing = False
@@ -1083,6 +1096,13 @@ class Channel:
         self._body_max = conn.frame_max - 8
 
     # ------------------------------------------------------------------ RPC
+
+    @property
+    def writable(self) -> bool:
+        """Open, not stopped by channel.flow, and its connection is not blocked."""
+        return (
+            self.is_open and not self._closing and self.flow_active and self._conn.blocked is None
+        )
 
     def _check_open(self) -> None:
         if not self.is_open or self._closing:
@@ -1508,6 +1528,7 @@ class Channel:
         self._next_tag = tag + 1
         if mandatory:
             self._mandatory[tag] = (exchange, routing_key, body)
+        self._exchange_of[tag] = exchange
         if on_confirm is not None:
             confirm = ConfirmCallback(on_confirm)
             self._pending[tag] = confirm  # type: ignore[assignment]
@@ -1539,7 +1560,9 @@ class Channel:
             low = self._low
             if tag < low:
                 return
+            exchange_of = self._exchange_of
             for t in range(low, tag + 1):
+                exchange_of.pop(t, None)
                 fut = pending.pop(t, None)
                 if fut is not None:
                     self._settle(fut, t, ok)
@@ -1548,6 +1571,7 @@ class Channel:
                     mandatory.pop(t, None)
             self._low = tag + 1
         else:
+            self._exchange_of.pop(tag, None)
             fut = pending.pop(tag, None)
             if fut is not None:
                 self._settle(fut, tag, ok)
@@ -1568,9 +1592,10 @@ class Channel:
             fut.set_result(None)
         else:
             fut.set_exception(
-                PublishFailed(
-                    f"RabbitMQ refused the message (basic.nack, delivery tag {tag}): "
-                    "the broker could not take responsibility for it"
+                PublishNacked(
+                    f"RabbitMQ refused the message (basic.nack, delivery tag {tag}): the broker "
+                    "could not take responsibility for it (a full queue with x-overflow "
+                    "reject-publish, or an internal error)"
                 )
             )
 
@@ -1673,7 +1698,10 @@ class Channel:
                     log.exception("on_cancel callback raised on channel %d", self.number)
             return
         if isinstance(method, spec.Channel.Flow):
+            self.flow_active = bool(method.active)
             self._conn._write_method(self.number, spec.Channel.FlowOk(active=method.active))
+            if self.on_flow is not None:
+                self.on_flow(self.flow_active)
             return
         rpcs = self._rpcs
         if rpcs and isinstance(method, rpcs[0].expect):
@@ -1694,7 +1722,33 @@ class Channel:
             f"RabbitMQ closed channel {self.number}: {code} {text}{suffix}", reply_code=code
         )
         self._conn._write_method(self.number, spec.Channel.CloseOk())
+        culprit = self._culprit(close, text)
+        if culprit is not None:
+            # STUB (pub branch): only the publish the close names fails with BrokerRefused;
+            # every other unconfirmed one fails retryably (NotConnected) so it is sent again.
+            fut = self._pending.pop(culprit, None)
+            if fut is not None:
+                _fail_quietly(fut, err)
+            retry = NotConnected(
+                f"channel {self.number} was closed by RabbitMQ because of another publish "
+                f"({code} {text}); this one was not confirmed"
+            )
+            self._terminate(err, retry)
+            return
         self._terminate(err, err)
+
+    def _culprit(self, close: spec.Channel.Close, text: str) -> int | None:
+        """The delivery tag of the publish a broker channel.close names, if it names one."""
+        if not self._confirm or (close.class_id, close.method_id) != (60, 40):
+            return None
+        start = text.find("exchange '")
+        if start < 0:
+            return None
+        name = text[start + 10 : text.find("'", start + 10)]
+        for tag in sorted(self._pending):
+            if self._exchange_of.get(tag) == name:
+                return tag
+        return None
 
     # ------------------------------------------------------------------ closing
 
@@ -1719,6 +1773,7 @@ class Channel:
             _fail_quietly(rpc.future, _clone_error(err))
         pending, self._pending = self._pending, {}
         self._mandatory = {}
+        self._exchange_of = {}
         for fut in pending.values():
             _fail_quietly(fut, _clone_error(err))
         self._low = self._next_tag

@@ -133,6 +133,7 @@ class Settings:
     publish_buffer_size: int = 10000
     publish_buffer_timeout_ms: int = 10000
     publish_confirm_timeout_ms: int = 5000
+    publish_persistent: bool = False
     prefetch: int = 256
     handler_timeout_ms: int = 30000
     max_message_bytes: int = 16 * 1024 * 1024
@@ -246,6 +247,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "publish_buffer_size",
         "publish_buffer_timeout_ms",
         "publish_confirm_timeout_ms",
+        "publish_persistent",
         "prefetch",
         "handler_timeout_ms",
         "max_message_bytes",
@@ -499,6 +501,11 @@ def settings_from_mapping(
             5000,
             minimum=1,
             meaning="how long to wait for the broker's publish confirm, in milliseconds",
+        ),
+        publish_persistent=r.flag(
+            "publish_persistent",
+            False,
+            meaning="publish with delivery_mode 2 (persistent) unless a publish says otherwise",
         ),
         prefetch=r.integer(
             "prefetch",

@@ -6,7 +6,7 @@ the caller passes the clock reading and the generated ids.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from kazoo_amqp.core.jsonc import c_atoi, dumps, render
@@ -141,3 +141,20 @@ def connection_event_body(
 ) -> dict[str, Any]:
     """The synthetic connection event of §4.4 (``state`` is ``open`` or ``closed``)."""
     return {key: "connection", subkey: state, "host": host, "zone": zone}
+
+
+def publish_failed_body(
+    doc: Mapping[str, Any], *, exchange: str, routing_key: str, error: str, reason: str
+) -> dict[str, Any]:
+    """The ``kazoo:publish-failed`` event: the message's fields plus why and where it failed.
+
+    ``Error`` is the error class name (``PublishNacked``, ``PublishExpired``, ``BrokerRefused``,
+    ``PublishFailed``), ``Reason`` its message; ``Publish-Exchange`` / ``Publish-Routing-Key``
+    say where it was going (they replace same-named message fields).
+    """
+    body = dict(doc)
+    body["Error"] = error
+    body["Reason"] = reason
+    body["Publish-Exchange"] = exchange
+    body["Publish-Routing-Key"] = routing_key
+    return body

@@ -8,6 +8,8 @@ manager -> worker
           ``>HH`` lengths and the routing key and exchange (UTF-8), then the raw body.
           Binding index ``NO_BINDING`` means "no subscription" (an unmatched reply).
     ``E`` synthetic event (connection open/closed): ``>Q`` seq, then the JSON body; no routing key.
+    ``R`` event for one named route (``kazoo:publish-failed``): ``>QH`` seq and name length, the
+          route name (UTF-8), then the JSON body; no route-name resolution, no routing key.
     ``S`` stop: finish what was received, then exit.
 
 worker -> manager
@@ -32,6 +34,7 @@ FLAG_REDELIVERED = 0x01
 
 _DELIVERY = struct.Struct(">QHHBHH")
 _SEQ = struct.Struct(">Q")
+_NAMED = struct.Struct(">QH")
 _OUTCOME = struct.Struct(">QB")
 
 
@@ -52,6 +55,13 @@ class DeliveryFrame:
     redelivered: bool
     routing_key: str
     exchange: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class NamedEventFrame:
+    seq: int
+    route: str
     body: bytes
 
 
@@ -97,6 +107,11 @@ def encode_event(seq: int, body: bytes) -> bytes:
     return encode_frame(b"E" + _SEQ.pack(seq) + body)
 
 
+def encode_named_event(seq: int, route: str, body: bytes) -> bytes:
+    name = route.encode("utf-8")
+    return encode_frame(b"R" + _NAMED.pack(seq, len(name)) + name + body)
+
+
 def encode_stop() -> bytes:
     return encode_frame(b"S")
 
@@ -105,7 +120,9 @@ def encode_outcomes(outcomes: list[tuple[int, int]]) -> bytes:
     return encode_frame(b"O" + b"".join(_OUTCOME.pack(s, o) for s, o in outcomes))
 
 
-def decode_to_worker(frame: bytes) -> DeliveryFrame | EventFrame | InitFrame | StopFrame:
+def decode_to_worker(
+    frame: bytes,
+) -> DeliveryFrame | EventFrame | NamedEventFrame | InitFrame | StopFrame:
     kind = frame[:1]
     if kind == b"D":
         seq, binding, sid, flags, rk_len, ex_len = _DELIVERY.unpack_from(frame, 1)
@@ -118,6 +135,10 @@ def decode_to_worker(frame: bytes) -> DeliveryFrame | EventFrame | InitFrame | S
     if kind == b"E":
         (seq,) = _SEQ.unpack_from(frame, 1)
         return EventFrame(seq, frame[1 + _SEQ.size :])
+    if kind == b"R":
+        seq, size = _NAMED.unpack_from(frame, 1)
+        pos = 1 + _NAMED.size
+        return NamedEventFrame(seq, frame[pos : pos + size].decode("utf-8"), frame[pos + size :])
     if kind == b"I":
         data: dict[str, Any] = json.loads(frame[1:])
         return InitFrame(

@@ -7,12 +7,14 @@ from typing import Any, Final
 
 from kazoo_amqp.core.jsonc import render
 
-__all__ = ["CONSUMER_EVENT", "MOD_INIT", "candidates", "normalise"]
+__all__ = ["CONSUMER_EVENT", "MOD_INIT", "PUBLISH_FAILED", "candidates", "normalise"]
 
 #: Run once at start-up to collect subscriptions (and the KEMI callback's start-up name).
 MOD_INIT: Final = "kazoo:mod-init"
 #: The last-resort route, and the name the KEMI callback always receives for deliveries.
 CONSUMER_EVENT: Final = "kazoo:consumer-event"
+#: Run (when defined) for a publish accepted without a confirm request that finally failed.
+PUBLISH_FAILED: Final = "kazoo:publish-failed"
 
 _PREFIX: Final = CONSUMER_EVENT + "-"
 # C-locale tolower() (ASCII letters only), then `_` -> `-`.

@@ -23,7 +23,9 @@ Deliberate differences from C (``docs/compat-config.md``):
   unless ``wait_for_consumer_ack`` is explicitly 0 (then on receipt, as C does);
 * a description with neither an exchange nor a queue, a ``exchange-def`` / ``queue-def`` /
   ``exchange-bindings`` that is not an object, and names or routing keys over 255 bytes are
-  rejected with :class:`~kazoo_amqp.errors.UsageError` instead of failing at connect time.
+  rejected with :class:`~kazoo_amqp.errors.UsageError` instead of failing at connect time;
+* ``"queue-args"`` / ``"exchange-args"`` (objects) are passed as the ``arguments`` table of
+  ``queue.declare`` / ``exchange.declare`` (quorum queues, dead-letter exchanges, …); C sends none.
 
 This module is pure.
 """
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from kazoo_amqp.core.jsonc import get_int as _get_int
@@ -58,7 +60,7 @@ MAX_PREFETCH = 65535
 
 @dataclass(frozen=True, slots=True)
 class ExchangeDecl:
-    """Arguments of ``exchange.declare`` (no x- arguments are ever sent)."""
+    """Arguments of ``exchange.declare``; ``arguments`` from ``"exchange-args"`` (none in C)."""
 
     name: str
     type: str
@@ -66,17 +68,22 @@ class ExchangeDecl:
     durable: bool = False
     auto_delete: bool = False
     internal: bool = False
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
 class QueueDecl:
-    """Arguments of ``queue.declare``; an empty name lets the broker generate one."""
+    """Arguments of ``queue.declare``; an empty name lets the broker generate one.
+
+    ``arguments`` come from ``"queue-args"`` (e.g. ``{"x-queue-type": "quorum"}``; none in C).
+    """
 
     name: str
     passive: bool = False
     durable: bool = False
     exclusive: bool = False
     auto_delete: bool = True
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +152,16 @@ def parse_subscription(desc: Mapping[str, Any] | str) -> Subscription:
 
     exchange_src = _def_object(root, "exchange-def")
     queue_src = _def_object(root, "queue-def")
-    exchange = _exchange_decl(_get_str(root.get("exchange")), exchange_src)
+    exchange = _exchange_decl(
+        _get_str(root.get("exchange")), exchange_src, _arguments(root, "exchange-args")
+    )
     queue = QueueDecl(
         name=_get_str(root.get("queue")),
         passive=_get_flag(queue_src, "passive", False),
         durable=_get_flag(queue_src, "durable", False),
         exclusive=_get_flag(queue_src, "exclusive", False),
         auto_delete=_get_flag(queue_src, "auto_delete", True),
+        arguments=_arguments(root, "queue-args"),
     )
     routing_keys = _routing_keys(root.get("routing"))
     bindings = _exchange_bindings(root.get("exchange-bindings"), warnings)
@@ -223,8 +233,11 @@ def _def_object(root: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _exchange_decl(name: str, src: Mapping[str, Any]) -> ExchangeDecl:
+def _exchange_decl(
+    name: str, src: Mapping[str, Any], arguments: Mapping[str, Any] | None = None
+) -> ExchangeDecl:
     return ExchangeDecl(
+        arguments=arguments or {},
         name=name,
         type=_get_str(src.get("type")),
         passive=_get_flag(src, "passive", False),
@@ -232,6 +245,43 @@ def _exchange_decl(name: str, src: Mapping[str, Any]) -> ExchangeDecl:
         auto_delete=_get_flag(src, "auto_delete", False),
         internal=_get_flag(src, "internal", False),
     )
+
+
+#: AMQP field-table values a declare argument may hold (nested tables and arrays of them too).
+_ARG_SCALARS = (str, bool, int, float)
+
+
+def _arguments(root: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``"queue-args"`` / ``"exchange-args"``: an object of x-arguments passed to the declare."""
+    value = root.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            f"kazoo_subscribe: {key!r} must be an object of declare arguments "
+            f'(e.g. {{"x-queue-type": "quorum"}}), got {_kind(value)}'
+        )
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"kazoo_subscribe: {key!r} has an empty or non-string name")
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise UsageError(f"kazoo_subscribe: {key!r} name {name[:40]!r}… is over 255 bytes")
+        if not _is_table_value(item):
+            raise UsageError(
+                f"kazoo_subscribe: {key!r} value of {name!r} must be a string, number, boolean, "
+                f"object or array, got {_kind(item)}"
+            )
+    return dict(value)
+
+
+def _is_table_value(value: object) -> bool:
+    if isinstance(value, _ARG_SCALARS):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_table_value(v) for k, v in value.items())
+    if _is_array(value):
+        return all(_is_table_value(v) for v in value)
+    return False
 
 
 def _routing_keys(value: object) -> tuple[str, ...]:

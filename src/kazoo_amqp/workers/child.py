@@ -108,14 +108,15 @@ class Worker:
             bkey = bsub = None
         return self._run(doc, d.routing_key, d.exchange, d.redelivered, bkey, bsub)
 
-    def handle_event(self, e: pipe.EventFrame) -> int:
+    def handle_event(self, e: pipe.EventFrame | pipe.NamedEventFrame) -> int:
         self.services.current_seq = e.seq
         try:
             doc = jsonc.loads_object(e.body)
         except BadPayload as exc:  # pragma: no cover - we build these ourselves
             log.error("worker %d: bad synthetic event: %s", self.index, exc)
             return self._count(pipe.Outcome.BAD_MESSAGE)
-        return self._run(doc, None, None, False, None, None, body=e.body.decode())
+        route = e.route if isinstance(e, pipe.NamedEventFrame) else None
+        return self._run(doc, None, None, False, None, None, body=e.body.decode(), route=route)
 
     def _run(
         self,
@@ -126,9 +127,15 @@ class Worker:
         binding_key: str | None,
         binding_subkey: str | None,
         body: str | None = None,
+        route: str | None = None,
     ) -> int:
         if self.callback is not None:
-            name, handler = CONSUMER_EVENT, self.callback
+            name, handler = route or CONSUMER_EVENT, self.callback
+        elif route is not None:
+            named = self.router.get(route)
+            if named is None:
+                return self._count(pipe.Outcome.NO_ROUTE)
+            name, handler = route, named
         else:
             names = candidates(
                 doc,
@@ -213,7 +220,7 @@ class Worker:
                 msg = pipe.decode_to_worker(frame)
                 if isinstance(msg, pipe.DeliveryFrame):
                     outcomes.append((msg.seq, self.handle_delivery(msg, now)))
-                elif isinstance(msg, pipe.EventFrame):
+                elif isinstance(msg, pipe.EventFrame | pipe.NamedEventFrame):
                     outcomes.append((msg.seq, self.handle_event(msg)))
                 elif isinstance(msg, pipe.InitFrame):
                     self.bindings, self.zones = msg.bindings, msg.zones
