@@ -68,11 +68,10 @@ def _load(path: str | None, *, required: bool = True) -> Any:
     return load_config(path, default_app_version=_version())
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from kazoo_amqp.obs.logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _socket_path(args: argparse.Namespace) -> tuple[str | None, Any]:
@@ -86,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kazoo_amqp.daemon import Daemon
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     config_path = os.path.abspath(
         args.config or os.environ.get("KAZOO_AMQP_CONFIG") or DEFAULT_CONFIG
     )

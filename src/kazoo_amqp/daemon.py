@@ -2,9 +2,16 @@
 
 Start order
     1. import the routes and run ``kazoo:mod-init`` here, once, collecting subscriptions;
-    2. open the local socket (workers use it for ``kz.publish``/``kz.query``);
-    3. start the worker processes;
-    4. start the broker links (they declare the subscriptions on every connect).
+    2. listen on ``http_listen`` when set (metrics, health, status page), so a bad address or a
+       port in use stops the start before anything else happens;
+    3. open the local socket (workers use it for ``kz.publish``/``kz.query``);
+    4. start the worker processes;
+    5. start the broker links (they declare the subscriptions on every connect);
+    6. tell systemd ``READY=1`` (``$NOTIFY_SOCKET``, ``Type=notify``).
+
+SIGHUP reloads the routes file: it is checked first in a separate process (``check-config``),
+then the workers are replaced one at a time (``WorkerPool.reload``), so no delivery is lost or
+run twice. Subscriptions (``kazoo:mod-init``) and the config file are not reloaded.
 
 Stop order (first SIGTERM/SIGINT; a second one exits at once)
     1. cancel the consumers: no new deliveries;
@@ -12,7 +19,7 @@ Stop order (first SIGTERM/SIGINT; a second one exits at once)
        go back to the broker when its channel closes;
     3. stop the local socket: finish in-flight requests, fail the rest with ``ShuttingDown``;
     4. fail waiting queries with ``ShuttingDown``, close the broker connections;
-    5. close the presence writer; exit 0.
+    5. close the presence writer, then the HTTP listener; exit 0.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import sys
 from typing import Any
 
 from kazoo_amqp import __version__
@@ -34,9 +42,12 @@ from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.message import connection_event_text, publish_failed_body
 from kazoo_amqp.core.pipe import encode_event, encode_named_event
 from kazoo_amqp.core.route_names import MOD_INIT, PUBLISH_FAILED
-from kazoo_amqp.core.subscription import Subscription
+from kazoo_amqp.core.stats import Recorder
+from kazoo_amqp.core.subscription import AckMode, Subscription
 from kazoo_amqp.errors import UsageError
 from kazoo_amqp.ipc.server import IpcServer
+from kazoo_amqp.obs import systemd
+from kazoo_amqp.obs.service import Observer
 from kazoo_amqp.workers.context import Kz
 from kazoo_amqp.workers.pool import WorkerPool, default_env
 from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
@@ -186,6 +197,7 @@ class DaemonBackend:
             "node": d.manager.node,
             "manager": d.manager.status(),
             "workers": d.pool.status(),
+            "http": d.observer.server.url if d.observer and d.observer.server.address else None,
         }
 
     def close(self) -> None:
@@ -204,6 +216,8 @@ class Daemon:
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
         self.subscriptions = run_mod_init(settings)
+        #: hot-path histograms, only when metrics are served
+        self.recorder = Recorder() if settings.http_listen else None
         self.pool = WorkerPool(
             size=settings.workers,
             config_path=config_path,
@@ -212,6 +226,7 @@ class Daemon:
             handler_timeout=settings.handler_timeout_ms / 1000,
             max_redeliveries=settings.max_redeliveries,
             env=default_env(),
+            handler_stats=self.recorder.handler if self.recorder is not None else None,
         )
         self.manager = Manager(
             settings,
@@ -219,13 +234,27 @@ class Daemon:
             dispatcher=self.pool,
             on_event=self._on_connection_event,
             on_failed=self._on_publish_failed,
+            recorder=self.recorder,
         )
         self.backend = DaemonBackend(self)
+        self.observer = (
+            Observer(
+                settings.http_listen,
+                snapshot=self.backend.status,
+                recorder=self.recorder,
+                ready=self.not_ready,
+                describe=lambda: {"subscriptions": describe_subscriptions(self.subscriptions)},
+            )
+            if settings.http_listen and self.recorder is not None
+            else None
+        )
         self.ipc = IpcServer(
             settings.socket, self.backend, max_frame=settings.max_message_bytes + 65536
         )
         self._stop = asyncio.Event()
         self._stopping = False
+        self._started = False
+        self._reload: asyncio.Task[None] | None = None
 
     def _on_done(self, token: Any, outcome: int) -> None:
         self.manager.on_done(token, outcome)
@@ -275,11 +304,75 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def not_ready(self) -> list[str]:
+        """Why the daemon is not ready (``/ready``): empty when a primary-zone broker is
+        connected and every worker process is up (or being replaced by a reload)."""
+        if not self._started:
+            return ["starting"]
+        reasons: list[str] = []
+        if not any(link.up and link.spec.primary for link in self.manager.links):
+            reasons.append(f"no primary-zone broker is connected ({self.manager.describe_links()})")
+        down = [h.index for h in self.pool.workers if not (h.alive or h.recycling)]
+        if down:
+            reasons.append(f"worker(s) {', '.join(map(str, down))} not running")
+        return reasons
+
+    # -- SIGHUP: reload the routes ---------------------------------------------------------
+    def request_reload(self) -> None:
+        """Start a routes reload unless one runs or the daemon stops (the SIGHUP handler)."""
+        if self._stopping or not self._started:
+            return
+        if self._reload is not None and not self._reload.done():
+            log.warning("SIGHUP: a reload is already running; ignored")
+            return
+        self._reload = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Check the routes file in a fresh process, then replace the workers one at a time.
+
+        Returns False (and keeps the running workers) when the check fails.
+        """
+        log.info("SIGHUP: checking the routes file %s", self.settings.routes)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kazoo_amqp",
+            "check-config",
+            "--config",
+            self.config_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=default_env(),
+        )
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            log.error(
+                "SIGHUP: routes not reloaded, the workers keep the old ones; the check said: %s",
+                text.strip().splitlines()[-1] if text.strip() else f"exit {proc.returncode}",
+            )
+            return False
+        declared = f"declares {len(self.subscriptions)} subscriptions"
+        if self.settings.routes and declared not in text:
+            log.warning(
+                "SIGHUP: kazoo:mod-init of the new routes declares other subscriptions; "
+                "subscriptions only change on a restart"
+            )
+        systemd.notify("RELOADING=1\nSTATUS=reloading the routes")
+        try:
+            replaced = await self.pool.reload()
+        finally:
+            systemd.notify("READY=1\nSTATUS=running")
+        log.info("SIGHUP: routes reloaded, %d workers replaced", replaced)
+        return True
+
     async def start(self) -> None:
         for note in getattr(self.settings, "notes", ()):
             log.info("config: %s", note)
         bindings = [(sub.event_key, sub.event_subkey) for sub in self.subscriptions]
         zones = {spec.server_id: spec.zone for spec in self.settings.brokers}
+        if self.observer is not None:
+            await self.observer.start()
         await self.ipc.start()
         await self.pool.start(bindings, zones)
         await self.manager.start()
@@ -291,10 +384,19 @@ class Daemon:
             self.settings.socket,
             ", ".join(b.redacted for b in self.settings.brokers),
         )
+        self._started = True
+        systemd.notify(f"READY=1\nSTATUS=running, node {self.manager.node}")
 
     async def stop(self) -> None:
         log.info("stopping: cancelling consumers")
         self._stopping = True
+        systemd.notify("STOPPING=1")
+        if self.observer is not None:
+            self.observer.stopping = True  # /health and /ready answer 503 from now on
+        if self._reload is not None:
+            self._reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reload
         await self.manager.stop_consuming()
         leftovers = await self.pool.stop(self.shutdown_grace)
         if leftovers:
@@ -304,6 +406,8 @@ class Daemon:
         await self.ipc.stop(grace=2.0)
         await self.manager.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
+        if self.observer is not None:
+            await self.observer.stop()
         log.info("stopped")
 
     async def run(self) -> int:
@@ -321,9 +425,42 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, on_signal)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.start()
         try:
             await self._stop.wait()
         finally:
             await self.stop()
         return 0
+
+
+def describe_subscriptions(subscriptions: list[Subscription]) -> list[dict[str, Any]]:
+    """Subscriptions as rows for the status page (names and options, no arguments)."""
+    ack = {
+        AckMode.BROKER: "broker (no_ack)",
+        AckMode.ON_RECEIPT: "on receipt",
+        AckMode.AFTER_HANDLER: "after the route",
+    }
+    rows: list[dict[str, Any]] = []
+    for sub in subscriptions:
+        options = []
+        if sub.queue.durable:
+            options.append("durable")
+        if sub.federate:
+            options.append("federate")
+        if sub.consistent_worker:
+            options.append(f"consistent-worker {sub.consistent_worker_key or 'routing key'}")
+        if sub.prefetch:
+            options.append(f"prefetch {sub.prefetch}")
+        rows.append(
+            {
+                "exchange": sub.exchange.name,
+                "type": sub.exchange.type,
+                "queue": sub.queue.name,
+                "routing_keys": list(sub.routing_keys),
+                "ack": ack.get(sub.ack_mode, str(sub.ack_mode)),
+                "options": ", ".join(options),
+            }
+        )
+    return rows

@@ -19,8 +19,10 @@ import sys
 from typing import Any
 
 from kazoo_amqp.core.config import Settings, load_config
+from kazoo_amqp.core.stats import HANDLER_BUCKETS, HistogramSet
 from kazoo_amqp.core.subscription import Subscription
 from kazoo_amqp.errors import KazooError, UsageError
+from kazoo_amqp.obs.logs import setup_logging
 from kazoo_amqp.workers.child import Worker
 from kazoo_amqp.workers.context import Payload
 from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
@@ -186,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     from kazoo_amqp import __version__
 
     settings = load_config(args.config, default_app_version=__version__)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s worker-{args.index}[{os.getpid()}] %(levelname)s %(name)s: "
+    setup_logging(
+        settings.log_level,
+        settings.log_format,
+        text_format=f"%(asctime)s worker-{args.index}[{os.getpid()}] %(levelname)s %(name)s: "
         "%(message)s",
-        stream=sys.stderr,
+        worker=args.index,
     )
     router = Router()
     callback = None
@@ -201,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             callback = find_callback(module, settings.event_callback)
     services = SocketServices(settings, version=__version__)
     worker = Worker(
-        index=args.index, settings=settings, router=router, callback=callback, services=services
+        index=args.index,
+        settings=settings,
+        router=router,
+        callback=callback,
+        services=services,
+        stats=HistogramSet(HANDLER_BUCKETS) if settings.http_listen else None,
     )
     sock = socket.socket(fileno=args.fd)
     try:

@@ -50,7 +50,18 @@ EventSink = Callable[[str, BrokerSpec], None]
 class Link:
     """One broker: its connections, the publish channel, and whether it is usable."""
 
-    __slots__ = ("channel", "connects", "consume", "control", "last_error", "spec", "task", "up")
+    __slots__ = (
+        "blocks",
+        "channel",
+        "connects",
+        "consume",
+        "control",
+        "disconnects",
+        "last_error",
+        "spec",
+        "task",
+        "up",
+    )
 
     def __init__(self, spec: BrokerSpec) -> None:
         self.spec = spec
@@ -61,6 +72,9 @@ class Link:
         self.up = False
         self.task: asyncio.Task[None] | None = None
         self.connects = 0
+        #: times it was lost after being up, and times the broker blocked publishing
+        self.disconnects = 0
+        self.blocks = 0
         self.last_error = ""
 
     @property
@@ -204,6 +218,7 @@ class LinkSupervisor:
 
     def _on_blocked(self, link: Link, reason: str) -> None:
         self.counters["blocked"] += 1
+        link.blocks += 1
         log.warning(
             "%s blocked publishing (%s): publishes wait in the buffer or go to another broker "
             "of zone %s until it unblocks",
@@ -263,6 +278,7 @@ class LinkSupervisor:
                 self._notify(link)
                 if was_up:
                     self.counters["disconnects"] += 1
+                    link.disconnects += 1
                     if not self._closing:
                         self._on_event("closed", link.spec)
             if self._closing:
@@ -287,11 +303,14 @@ class LinkSupervisor:
             {
                 "server_id": link.spec.server_id,
                 "url": link.spec.redacted,
+                "host_port": f"{link.spec.host}:{link.spec.port}",
                 "zone": link.spec.zone,
                 "primary": link.spec.primary,
                 "up": link.up,
                 "blocked": link.blocked or "",
                 "connects": link.connects,
+                "disconnects": link.disconnects,
+                "blocks": link.blocks,
                 "last_error": link.last_error,
             }
             for link in self.links

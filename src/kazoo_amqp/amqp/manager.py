@@ -23,6 +23,7 @@ from kazoo_amqp.amqp.publisher import Done, OnFailed, Publisher
 from kazoo_amqp.amqp.replies import Replies
 from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.message import node_name
+from kazoo_amqp.core.stats import Recorder
 from kazoo_amqp.core.subscription import Subscription
 from kazoo_amqp.errors import KazooError
 
@@ -46,6 +47,7 @@ class Manager:
         clock: Callable[[], float] = time.time,
         connect: ConnectFn = Connection.connect,
         monotonic: Callable[[], float] = time.monotonic,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.node = node_name(settings.node_hostname)
@@ -64,8 +66,15 @@ class Manager:
             on_failed=on_failed,
             clock=monotonic,
             describe_links=self.supervisor.describe,
+            confirm_latency=recorder.confirm if recorder is not None else None,
         )
-        self.replies = Replies(settings, self.publisher, dispatcher=dispatcher, clock=clock)
+        self.replies = Replies(
+            settings,
+            self.publisher,
+            dispatcher=dispatcher,
+            clock=clock,
+            latency=recorder.query if recorder is not None else None,
+        )
         self.consumers = Consumers(settings, subscriptions, dispatcher)
         # declaration order on every connect: publish channel, reply queue, subscriptions
         self.supervisor.attachments = [self.publisher, self.replies, self.consumers]
@@ -204,6 +213,7 @@ class Manager:
             "pending_queries": len(self.replies.pending),
             "consumers_paused": self.consumers.paused,
             **self.publisher.status(),
+            "publish_failures": dict(self.publisher.failures),
             **self.supervisor.counters,
             **self.replies.counters,
             **self.consumers.counters,

@@ -63,11 +63,15 @@ from kazoo_amqp.core.message import (
     server_id_for,
     split_consumer_prefix,
 )
+from kazoo_amqp.core.stats import Histogram
 from kazoo_amqp.errors import (
     BadRoutingKey,
+    BrokerRefused,
     BufferFull,
     NotConnected,
     PublishExpired,
+    PublishFailed,
+    PublishNacked,
     ShuttingDown,
     UsageError,
 )
@@ -87,6 +91,7 @@ class Outgoing:
     """One accepted message, owned by the publisher until its outcome is reported."""
 
     __slots__ = (
+        "accepted",
         "deadline",
         "doc",
         "done",
@@ -113,6 +118,7 @@ class Outgoing:
         persistent: bool,
         done: Done | None,
         deadline: float,
+        accepted: float = 0.0,
     ) -> None:
         self.exchange = exchange
         #: the key on the wire (a ``consumer://<id>/`` prefix removed, ``target`` holds the id)
@@ -125,6 +131,8 @@ class Outgoing:
         self.persistent = persistent
         self.done = done
         self.deadline = deadline
+        #: the publisher's clock when it was accepted (confirm latency)
+        self.accepted = accepted
         #: how many times it was written to a broker
         self.sends = 0
 
@@ -147,8 +155,11 @@ class Publisher:
         on_failed: OnFailed | None = None,
         clock: Callable[[], float] = time.monotonic,
         describe_links: Callable[[], str] = lambda: "",
+        confirm_latency: Histogram | None = None,
     ) -> None:
         self.settings = settings
+        #: acceptance -> confirm, in seconds of ``clock`` (None: metrics are off)
+        self.confirm_latency = confirm_latency
         self.links = links
         self.node = node
         self.on_failed = on_failed
@@ -169,6 +180,7 @@ class Publisher:
         self._buffer_timeout = settings.publish_buffer_timeout_ms / 1000
         self._confirm_timeout = settings.publish_confirm_timeout_ms / 1000
         self.counters: dict[str, int] = {
+            "accepted": 0,
             "published": 0,
             "publish_failed": 0,
             "publish_retried": 0,
@@ -177,6 +189,8 @@ class Publisher:
             "buffered": 0,
             "buffer_rejected": 0,
         }
+        #: final failures by reason (``FAILURE_REASONS`` values, plus "other")
+        self.failures: dict[str, int] = dict.fromkeys((*FAILURE_REASONS.values(), "other"), 0)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -300,6 +314,7 @@ class Publisher:
             msg_id=self._ids.next(),
         )
         wait = self._buffer_timeout if timeout is None else min(timeout, self._buffer_timeout)
+        now = self._clock()
         return Outgoing(
             exchange=exchange,
             routing_key=key,
@@ -310,7 +325,8 @@ class Publisher:
             mandatory=mandatory,
             persistent=s.publish_persistent if persistent is None else persistent,
             done=done,
-            deadline=self._clock() + wait,
+            deadline=now + wait,
+            accepted=now,
         )
 
     def send(self, m: Outgoing) -> None:
@@ -325,6 +341,7 @@ class Publisher:
         link = self.pick(m.target)
         if link is not None and not self._retry and not self._buffer.waiting(m.target):
             self._write(link, m)
+            self.counters["accepted"] += 1
             return
         if link is None and len(self._buffer) >= self.settings.publish_buffer_size:
             self.counters["buffer_rejected"] += 1
@@ -334,6 +351,7 @@ class Publisher:
                 f"publish_buffer_size or check RabbitMQ ({self._describe_links()})"
             )
         self.counters["buffered"] += 1
+        self.counters["accepted"] += 1
         self._buffer.append(m)
         if link is not None:
             self._kick()  # older messages are waiting: keep the order
@@ -461,6 +479,9 @@ class Publisher:
         self._unconfirmed -= 1
         if exc is None:
             self.counters["published"] += 1
+            latency = self.confirm_latency
+            if latency is not None:
+                latency.observe(self._clock() - m.accepted)
             if m.done is not None:
                 _call(m.done, {"msg_id": m.msg_id, "server_id": server_id}, None)
             return
@@ -489,6 +510,8 @@ class Publisher:
 
     def _fail(self, m: Outgoing, exc: BaseException) -> None:
         self.counters["publish_failed"] += 1
+        reason = FAILURE_REASONS.get(type(exc), "other")
+        self.failures[reason] += 1
         log.warning(
             "publish to exchange %r routing key %r (Msg-ID %s) failed: %s: %s",
             m.exchange,
@@ -496,6 +519,7 @@ class Publisher:
             m.msg_id,
             type(exc).__name__,
             exc,
+            extra={"exchange": m.exchange, "routing_key": m.routing_key, "msg_id": m.msg_id},
         )
         if m.done is not None:
             _call(m.done, None, exc)
@@ -535,6 +559,16 @@ class Publisher:
             "unconfirmed_publishes": self._unconfirmed,
             **self.counters,
         }
+
+
+#: the ``reason`` label of a final publish failure, by error type
+FAILURE_REASONS: dict[type[BaseException], str] = {
+    BrokerRefused: "refused",
+    PublishNacked: "nacked",
+    PublishFailed: "returned",
+    PublishExpired: "expired",
+    ShuttingDown: "shutdown",
+}
 
 
 class _Buffer:

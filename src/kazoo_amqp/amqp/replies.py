@@ -32,6 +32,7 @@ from kazoo_amqp.core.message import (
     server_id_for,
 )
 from kazoo_amqp.core.pipe import NO_BINDING, encode_delivery
+from kazoo_amqp.core.stats import Histogram
 from kazoo_amqp.errors import BadPayload, QueryTimeout, ShuttingDown, UsageError
 
 log = logging.getLogger("kazoo_amqp.replies")
@@ -47,8 +48,11 @@ class Replies:
         *,
         dispatcher: Dispatcher | None,
         clock: Callable[[], float],
+        latency: dict[str, Histogram] | None = None,
     ) -> None:
         self.settings = settings
+        #: send -> reply / timeout / error, by outcome (``core.stats.QUERY_OUTCOMES``); None: off
+        self.latency = latency
         self.publisher = publisher
         self.dispatcher = dispatcher
         self.clock = clock
@@ -58,6 +62,7 @@ class Replies:
         self.counters: dict[str, int] = {
             "queries": 0,
             "query_timeouts": 0,
+            "query_errors": 0,
             "replies": 0,
             "late_replies": 0,
             "bad_replies": 0,
@@ -135,10 +140,14 @@ class Replies:
         self.pending[msg_id] = fut
         self.counters["queries"] += 1
         started = loop.time()
+        outcome = "error"
         try:
             async with asyncio.timeout(timeout):
-                return await fut
+                reply = await fut
+            outcome = "ok"
+            return reply
         except TimeoutError:
+            outcome = "timeout"
             self.counters["query_timeouts"] += 1
             elapsed = (loop.time() - started) * 1000
             raise QueryTimeout(
@@ -150,6 +159,10 @@ class Replies:
         finally:
             if self.pending.get(msg_id) is fut:
                 del self.pending[msg_id]
+            if outcome == "error":
+                self.counters["query_errors"] += 1
+            if self.latency is not None:
+                self.latency[outcome].observe(loop.time() - started)
 
     def _on_reply(self, d: Delivery, sid: int, zone: str) -> None:
         self.counters["replies"] += 1

@@ -58,6 +58,7 @@ __all__ = [
     "LateReplies",
     "Settings",
     "describe",
+    "listen_address",
     "load_config",
     "settings_from_mapping",
     "sqlite_path",
@@ -65,6 +66,7 @@ __all__ = [
 
 EncodeHighBytes = Literal["utf8", "x86"]
 LateReplies = Literal["drop", "route"]
+LogFormat = Literal["text", "json"]
 
 #: The broker used when the config has no ``amqp_connection``.
 DEFAULT_CONNECTION = "amqp://guest:guest@127.0.0.1:5672"
@@ -144,6 +146,9 @@ class Settings:
     late_replies: LateReplies = "drop"
     kamailio_rpc: str | None = None
     log_level: str = "info"
+    log_format: LogFormat = "text"
+    #: ``HOST:PORT`` of the metrics/health/status HTTP listener, None = off
+    http_listen: str | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -258,6 +263,8 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "late_replies",
         "kamailio_rpc",
         "log_level",
+        "log_format",
+        "http_listen",
         # MERGE: the bridge helper owns the [kamailio] table; this branch only accepts it.
         "kamailio",
     }
@@ -554,6 +561,17 @@ def settings_from_mapping(
         ),
         kamailio_rpc=_kamailio_rpc(r, base_dir),
         log_level=r.choice("log_level", "info", _LOG_LEVELS, meaning="log level", lower=True),
+        log_format=cast(
+            LogFormat,
+            r.choice(
+                "log_format",
+                "text",
+                ("text", "json"),
+                meaning="readable lines, or one JSON object per line",
+                lower=True,
+            ),
+        ),
+        http_listen=_http_listen(r),
         notes=tuple(ignored + notes),
     )
 
@@ -1015,6 +1033,42 @@ def _kamailio_rpc(r: _Reader, base_dir: str) -> str | None:
             raise r.error(key, f"must look like http://HOST:PORT/PATH ({forms})", example)
         return value
     raise r.error(key, f"must be one of {forms}", example)
+
+
+def _http_listen(r: _Reader) -> str | None:
+    key = "http_listen"
+    value = r.optional_string(
+        key, meaning="HOST:PORT of the metrics, health and status page listener; unset = off"
+    )
+    if value is None:
+        return None
+    try:
+        listen_address(value)
+    except ValueError as exc:
+        raise r.error(key, str(exc), '"127.0.0.1:9494"') from None
+    return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` / ``[IPv6]:PORT`` into host and port (0 = any free port).
+
+    Raises:
+        ValueError: the text is not of that form; the message says what is wrong.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise ValueError("must be HOST:PORT (no port given)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("brackets are only for IPv6 addresses: write HOST:PORT")
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9494")
+    if not host or any(c.isspace() or c in "/[]@" for c in host):
+        raise ValueError("needs a host name or address before the port")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError("the port must be a number from 0 to 65535")
+    return host, int(port_text)
 
 
 def _valid_port(text: str) -> bool:

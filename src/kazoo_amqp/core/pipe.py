@@ -14,6 +14,9 @@ manager -> worker
 
 worker -> manager
     ``O`` outcomes: repeated ``>QB`` (seq, outcome code); one frame per batch of work.
+    ``M`` metrics (only when the daemon serves metrics): JSON ``[[route, outcome, [bucket
+          counts], sum], ...]``, the handler-duration histograms since the last ``M`` frame
+          (deltas, buckets of ``core.stats.HANDLER_BUCKETS``); at most about one per second.
 
 Deliveries are batched by the manager (one socket write per worker per read from the broker), so
 the parsing here is on the hot path: plain ``struct`` and slicing, nothing else.
@@ -72,6 +75,13 @@ class EventFrame:
 
 
 @dataclass(slots=True)
+class StatsFrame:
+    """Handler-duration histogram deltas: ``(route, outcome, bucket counts, sum)`` rows."""
+
+    rows: list[tuple[str, str, list[int], float]]
+
+
+@dataclass(slots=True)
 class InitFrame:
     bindings: list[tuple[str | None, str | None]]
     zones: dict[int, str]
@@ -120,6 +130,10 @@ def encode_outcomes(outcomes: list[tuple[int, int]]) -> bytes:
     return encode_frame(b"O" + b"".join(_OUTCOME.pack(s, o) for s, o in outcomes))
 
 
+def encode_stats(rows: list[tuple[str, str, list[int], float]]) -> bytes:
+    return encode_frame(b"M" + json.dumps(rows, separators=(",", ":")).encode())
+
+
 def decode_to_worker(
     frame: bytes,
 ) -> DeliveryFrame | EventFrame | NamedEventFrame | InitFrame | StopFrame:
@@ -154,3 +168,26 @@ def decode_outcomes(frame: bytes) -> list[tuple[int, int]]:
     if frame[:1] != b"O":
         raise ValueError(f"unknown frame type {frame[:1]!r} from a worker")
     return [_OUTCOME.unpack_from(frame, pos) for pos in range(1, len(frame), _OUTCOME.size)]
+
+
+def decode_stats(frame: bytes) -> StatsFrame:
+    """Parse an ``M`` frame; ValueError when it is not one or its rows are malformed."""
+    if frame[:1] != b"M":
+        raise ValueError(f"unknown frame type {frame[:1]!r} from a worker")
+    data = json.loads(frame[1:])
+    rows: list[tuple[str, str, list[int], float]] = []
+    if not isinstance(data, list):
+        raise ValueError("a metrics frame holds a list of rows")
+    for row in data:
+        if not (
+            isinstance(row, list)
+            and len(row) == 4
+            and isinstance(row[0], str)
+            and isinstance(row[1], str)
+            and isinstance(row[2], list)
+            and all(type(n) is int and n >= 0 for n in row[2])
+            and isinstance(row[3], int | float)
+        ):
+            raise ValueError(f"malformed metrics row {row!r:.80}")
+        rows.append((row[0], row[1], row[2], float(row[3])))
+    return StatsFrame(rows)

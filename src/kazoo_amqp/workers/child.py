@@ -11,6 +11,10 @@ Rules of the loop:
 * a handler that raises is logged with the message identity and reported ``HANDLER_ERROR``;
 * outcomes are written at the end of each batch, and at least every 50 ms during a long batch,
   so the manager can tell a slow handler from a hung one;
+* with metrics on (``stats``), each route's run time is recorded by route name and outcome and
+  sent as an ``M`` frame after a batch, at most once per ``STATS_EVERY`` s (and within that
+  time after the last batch, so an idle worker's numbers still arrive);
+* while a route runs, ``core.logctx`` holds the message's identity for log lines;
 * EOF on the pipe (the manager is gone) or a stop frame ends the process.
 """
 
@@ -18,16 +22,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+import select
 import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from kazoo_amqp.core import jsonc, pipe
+from kazoo_amqp.core import jsonc, logctx, pipe
 from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.message import augment_received
 from kazoo_amqp.core.route_names import CONSUMER_EVENT, candidates
+from kazoo_amqp.core.stats import HistogramSet
 from kazoo_amqp.errors import BadPayload, KazooError
 from kazoo_amqp.workers.context import Kz, Services
 from kazoo_amqp.workers.router import Router
@@ -35,6 +41,9 @@ from kazoo_amqp.workers.router import Router
 log = logging.getLogger("kazoo_amqp.worker")
 
 _FLUSH_EVERY = 0.05
+#: seconds between two handler-duration reports (``M`` frames) of a busy worker
+STATS_EVERY = 1.0
+_OK, _ERROR = ("ok",), ("error",)
 
 
 class WorkerServices(Services, Protocol):
@@ -67,8 +76,12 @@ class Worker:
         router: Router,
         callback: Callable[[Any], Any] | None,
         services: WorkerServices,
+        stats: HistogramSet | None = None,
     ) -> None:
         self.index = index
+        #: handler durations by (route, "ok"|"error"); None when metrics are off
+        self.stats = stats
+        self._stats_sent = time.monotonic()
         self.settings = settings
         self.router = router
         self.callback = callback
@@ -158,11 +171,18 @@ class Worker:
             redelivered=redelivered,
             body=body,
         )
+        logctx.set_message(
+            exchange=exchange, routing_key=routing_key, payload=doc, route=name, worker=self.index
+        )
+        stats = self.stats
+        started = time.perf_counter() if stats is not None else 0.0
         try:
             result = handler(kz)
             if inspect.isawaitable(result):
                 self._event_loop().run_until_complete(result)
         except Exception as exc:
+            if stats is not None:
+                stats.observe((name, *_ERROR), time.perf_counter() - started)
             self.services.discard(self.services.current_seq)
             level = logging.WARNING if isinstance(exc, KazooError) else logging.ERROR
             log.log(
@@ -178,6 +198,10 @@ class Worker:
                 exc_info=not isinstance(exc, KazooError),
             )
             return self._count(pipe.Outcome.HANDLER_ERROR)
+        finally:
+            logctx.clear()
+        if stats is not None:
+            stats.observe((name, *_OK), time.perf_counter() - started)
         return self._count(pipe.Outcome.DONE)
 
     def _count(self, outcome: pipe.Outcome) -> int:
@@ -199,13 +223,33 @@ class Worker:
         if failed:
             error = int(pipe.Outcome.HANDLER_ERROR)
             outcomes = [(seq, error if seq in failed else code) for seq, code in outcomes]
-        sock.sendall(pipe.encode_outcomes(outcomes))
+        frame = pipe.encode_outcomes(outcomes)
+        if self.stats and time.monotonic() - self._stats_sent >= STATS_EVERY:
+            frame += self._stats_frame()
+        sock.sendall(frame)
+
+    def _stats_frame(self) -> bytes:
+        assert self.stats is not None
+        self._stats_sent = time.monotonic()
+        rows = [(lab[0], lab[1], counts, total) for lab, counts, total in self.stats.drain()]
+        return pipe.encode_stats(rows)
+
+    def _recv_timeout_ms(self) -> int:
+        """Milliseconds until the pending handler stats are due."""
+        return max(0, int((STATS_EVERY - (time.monotonic() - self._stats_sent)) * 1000)) + 1
 
     def serve(self, sock: socket.socket) -> None:
         decoder = FrameDecoder()
         self.services.batching = True
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         while True:
             try:
+                # With handler stats pending, wait no longer than they are due (one poll per
+                # batch, only with metrics on).
+                if self.stats and not poller.poll(self._recv_timeout_ms()):
+                    sock.sendall(self._stats_frame())
+                    continue
                 data = sock.recv(1 << 18)
             except InterruptedError:  # pragma: no cover
                 continue

@@ -10,7 +10,13 @@ reports an outcome, so nothing accepted is lost when a worker dies or hangs:
 * a delivery that was in flight in ``max_redeliveries`` + 1 dead workers is given up on
   (``on_done`` with ``GAVE_UP``) so one poison message cannot crash-loop the pool;
 * when the total in flight passes the high-water mark, ``on_pressure(True)`` asks the manager to
-  stop reading from the broker; below the low-water mark ``on_pressure(False)`` resumes it.
+  stop reading from the broker; below the low-water mark ``on_pressure(False)`` resumes it;
+* :meth:`WorkerPool.reload` (SIGHUP) replaces the workers one at a time so they import the routes
+  file again: the old process gets a stop frame, finishes what it received and reports it, and
+  only once its pipe reached EOF (every outcome read, so every finished delivery settled) does
+  the new process start and receive what was dispatched to that index meanwhile. Nothing
+  finished runs again and nothing dispatched is lost;
+* handler-duration reports (``M`` frames, metrics on) are merged into ``handler_stats``.
 
 Writes to a worker are coalesced: deliveries dispatched in one event-loop iteration go out in
 one ``send`` per worker.
@@ -33,6 +39,7 @@ from typing import Any
 from kazoo_amqp.core import pipe
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.hashing import pick_worker
+from kazoo_amqp.core.stats import HistogramSet
 
 log = logging.getLogger("kazoo_amqp.pool")
 
@@ -62,11 +69,18 @@ class _WorkerProtocol(asyncio.Protocol):
             log.exception("worker %d sent a malformed frame; replacing it", self.handle.index)
             self.handle.kill()
             return
+        pool = self.handle.pool
         for frame in frames:
-            self.handle.pool._outcomes(self.handle, pipe.decode_outcomes(frame))
+            if frame[:1] == b"M":
+                pool._stats(self.handle, frame)
+            else:
+                pool._outcomes(self.handle, pipe.decode_outcomes(frame))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.handle.connected = False
+        lost = self.handle.lost
+        if lost is not None and not lost.done():
+            lost.set_result(None)
 
 
 class WorkerHandle:
@@ -82,6 +96,10 @@ class WorkerHandle:
         self.outbox: list[bytes] = []
         self.last_progress = time.monotonic()
         self.restarts = 0
+        #: being replaced by ``WorkerPool.reload`` (the supervisor leaves it alone)
+        self.recycling = False
+        #: resolved when the pipe of the current process reaches EOF
+        self.lost: asyncio.Future[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -113,6 +131,7 @@ class WorkerPool:
         handler_timeout: float = 30.0,
         max_redeliveries: int = 2,
         high_water: int | None = None,
+        handler_stats: HistogramSet | None = None,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -127,6 +146,9 @@ class WorkerPool:
         self.python = python
         self.env = env
         self.workers = [WorkerHandle(self, i) for i in range(size)]
+        #: handler durations reported by the workers (metrics on), else None
+        self.handler_stats = handler_stats
+        self.reloading = False
         self.init_frame = pipe.encode_init([], {})
         self._seq = 0
         self._rr = 0
@@ -146,6 +168,8 @@ class WorkerPool:
             "gave_up": 0,
             "worker_restarts": 0,
             "hung_workers": 0,
+            "reloads": 0,
+            "bad_stats": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -188,6 +212,7 @@ class WorkerPool:
             lambda: _WorkerProtocol(handle), sock=parent
         )
         handle.transport = transport  # type: ignore[assignment]
+        handle.lost = self._loop.create_future()
         handle.connected = True
         handle.last_progress = time.monotonic()
         # Every frame in the outbox is also in flight: send the in-flight table, in order.
@@ -287,9 +312,82 @@ class WorkerPool:
             self._paused = False
             self.on_pressure(False)
 
+    def _stats(self, handle: WorkerHandle, frame: bytes) -> None:
+        stats = self.handler_stats
+        try:
+            rows = pipe.decode_stats(frame).rows
+            if stats is not None:
+                for route, outcome, counts, total in rows:
+                    stats.merge((route, outcome), counts, total)
+        except ValueError as exc:
+            self.counters["bad_stats"] += 1
+            log.warning("worker %d sent a bad metrics frame, ignored: %s", handle.index, exc)
+
     @property
     def inflight(self) -> int:
         return self._inflight_total
+
+    # -- reload -------------------------------------------------------------------------
+    async def reload(self) -> int:
+        """Replace every worker, one at a time (SIGHUP); return how many were replaced.
+
+        Each old process finishes what it received before the stop frame (at most
+        ``handler_timeout`` s, else it is killed like a hung worker) and its outcomes are all
+        read before the new process starts, see the module docstring.
+        """
+        if self.reloading:
+            log.warning("a reload is already running; ignoring this one")
+            return 0
+        self.reloading = True
+        replaced = 0
+        try:
+            for handle in self.workers:
+                if self._closing:
+                    break
+                await self._recycle(handle)
+                replaced += 1
+            self.counters["reloads"] += 1
+        finally:
+            self.reloading = False
+        return replaced
+
+    async def _recycle(self, handle: WorkerHandle) -> None:
+        assert self._loop is not None
+        old = handle.proc
+        lost = handle.lost
+        handle.recycling = True
+        try:
+            if handle.transport is not None and handle.connected:
+                self._flush()  # what was dispatched so far goes to the old process first
+                handle.transport.write(pipe.encode_stop())
+            # From here on, new frames for this index wait in its in-flight table; round-robin
+            # picks skip it, and the new process receives them in order.
+            handle.connected = False
+            if lost is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(lost), self.handler_timeout)
+                except TimeoutError:
+                    log.error(
+                        "worker %d did not finish within handler_timeout_ms during the reload: "
+                        "killing it; its unfinished deliveries go to the new process",
+                        handle.index,
+                    )
+            handle.kill()
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.to_thread(old.wait), 5.0)
+            if self._closing:
+                return
+            await self._spawn(handle)
+            log.info(
+                "worker %d reloaded (pid %s -> %s), %d deliveries handed over",
+                handle.index,
+                old.pid if old is not None else None,
+                handle.proc.pid if handle.proc is not None else None,
+                len(handle.inflight),
+            )
+        finally:
+            handle.recycling = False
 
     # -- supervision --------------------------------------------------------------------
     async def _supervise(self) -> None:
@@ -297,6 +395,8 @@ class WorkerPool:
             await asyncio.sleep(0.2)
             now = time.monotonic()
             for handle in self.workers:
+                if handle.recycling:
+                    continue
                 dead = handle.proc is None or handle.proc.poll() is not None or not handle.connected
                 hung = (
                     not dead
@@ -365,6 +465,7 @@ class WorkerPool:
                     "alive": h.alive,
                     "inflight": len(h.inflight),
                     "restarts": h.restarts,
+                    "reloading": h.recycling,
                 }
                 for h in self.workers
             ],
