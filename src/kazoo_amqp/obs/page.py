@@ -30,10 +30,10 @@ header .meta{color:#b8c0d0;font-size:13px}.badge{padding:3px 10px;border-radius:
 font-weight:600;font-size:12px;letter-spacing:.3px}.ok{background:var(--ok);color:#fff}
 .bad{background:var(--bad);color:#fff}.warn{background:var(--warn);color:#fff}
 main{padding:18px 24px;max-width:1500px;margin:auto}
-.kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px;
+.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(118px,1fr));gap:12px;
 margin-bottom:16px}.kpi{background:var(--card);border:1px solid var(--line);border-radius:8px;
 padding:10px 14px}.kpi .v{font-size:22px;font-weight:600}.kpi .l{color:var(--mute);font-size:12px}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:14px;
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px;
 margin-bottom:16px}.card{background:var(--card);border:1px solid var(--line);border-radius:8px;
 padding:12px 14px}.card h2{font-size:14px;margin:0 0 6px;font-weight:600}
 .legend{font-size:12px;color:var(--mute);margin-bottom:2px}.legend span{margin-right:12px;
@@ -90,7 +90,7 @@ function plot(svgId,lgId,hist,series,unit,now,span){
   for(const s of series){let d="",pen=false;
     for(const p of hist){const v=p[s.key];if(v==null||p.t<now-span){pen=false;continue}
       d+=(pen?"L":"M")+x(p.t).toFixed(1)+","+y(v).toFixed(1);pen=true;points++}
-    g+=`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8" stroke-linejoin="round"/>`;
+    g+=`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8" stroke-linejoin="round"${s.dash?' stroke-dasharray="5 3"':""}/>`;
     const last=hist.length?hist[hist.length-1][s.key]:null;
     lg+=`<span><i style="background:${s.color}"></i>${esc(s.name)} <b>${fmt(last)}</b>${unit}</span>`}
   svg.setAttribute("viewBox",`0 0 ${W} ${H}`);svg.innerHTML=g;svg.dataset.points=points;
@@ -115,7 +115,7 @@ async function refresh(){
   const h=st.history||[],now=h.length?h[h.length-1].t:st.now,span=300;
   plot("pl-pub","lg-pub",h,[{key:"publish",name:"confirmed",color:"#3069d6"}],"/s",now,span);
   plot("pl-con","lg-con",h,[{key:"consume",name:"consumed",color:"#1a9e5a"},
-    {key:"handled",name:"handled",color:"#b14bd3"}],"/s",now,span);
+    {key:"handled",name:"handled",color:"#b14bd3",dash:1}],"/s",now,span);
   plot("pl-q","lg-q",h,[{key:"query",name:"queries",color:"#d98b0b"}],"/s",now,span);
   plot("pl-lat","lg-lat",h,[{key:"query_p50_ms",name:"p50",color:"#3069d6"},
     {key:"query_p90_ms",name:"p90",color:"#d98b0b"},{key:"query_p99_ms",name:"p99",color:"#d23c3c"}]," ms",now,span);

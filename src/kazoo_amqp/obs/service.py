@@ -33,7 +33,8 @@ log = logging.getLogger("kazoo_amqp.obs")
 #: seconds between two samples of the status page's history, and how many are kept
 SAMPLE_S = 1.0
 HISTORY = 300
-#: the query-latency percentiles are taken over this many samples (seconds)
+#: rates are averaged, and query-latency percentiles taken, over this many samples
+RATE_WINDOW = 3
 LATENCY_WINDOW = 5
 
 # (series name, where the counter is in the status dict)
@@ -67,7 +68,7 @@ class Observer:
         self.stopping = False
         self.registry = build_registry(snapshot, recorder)
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
-        self._last: dict[str, Any] | None = None
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RATE_WINDOW)
         self._query_window: collections.deque[list[int]] = collections.deque(maxlen=LATENCY_WINDOW)
         self._sampler: asyncio.Task[None] | None = None
         self.server = HttpServer(
@@ -167,14 +168,16 @@ class Observer:
             for i, n in enumerate(h.counts):
                 queries[i] += n
         counts["query"] = float(sum(queries))
-        last = self._last
-        self._last = {"t": now, "counts": counts, "queries": queries}
-        if last is None:
+        recent = self._recent
+        last = recent[-1] if recent else None
+        first = recent[0] if recent else None
+        recent.append({"t": now, "counts": counts, "queries": queries})
+        if last is None or first is None:
             return
-        dt = max(now - last["t"], 1e-3)
+        dt = max(now - first["t"], 1e-3)
         point: dict[str, Any] = {"t": round(now, 3)}
         for name, value in counts.items():
-            point[name] = round(max(value - last["counts"][name], 0.0) / dt, 2)
+            point[name] = round(max(value - first["counts"][name], 0.0) / dt, 2)
         self._query_window.append([a - b for a, b in zip(queries, last["queries"], strict=True)])
         window = [sum(col) for col in zip(*self._query_window, strict=True)]
         for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
