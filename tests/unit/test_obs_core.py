@@ -108,7 +108,7 @@ STATS_ROWS = [
     (
         "routes-with-odd-characters",
         [
-            ("kazoo:consumer-event-é-\"q\"", "error", [0] * N, 0.0),
+            ('kazoo:consumer-event-é-"q"', "error", [0] * N, 0.0),
             ("kazoo:publish-failed", "ok", [0] * (N - 1) + [7], 12.5),
         ],
     ),
@@ -214,7 +214,7 @@ def _record(msg: str, **extra: Any) -> logging.LogRecord:
 
 
 def test_a_json_log_line_has_the_fixed_fields() -> None:
-    line = json.loads(JsonFormatter().format(_record("hello %s" % "world")))
+    line = json.loads(JsonFormatter().format(_record("hello world")))
     assert line["level"] == "warning"
     assert line["logger"] == "kazoo_amqp.test"
     assert line["message"] == "hello world"

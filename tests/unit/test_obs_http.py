@@ -171,7 +171,7 @@ def _status(*, up: bool = True, alive: bool = True) -> dict[str, Any]:
                     "blocks": 1,
                     "last_error": "",
                 },
-            ],  # fmt: skip
+            ],
             "accepted": 10,
             "published": 9,
             "publish_failures": {"refused": 1, "expired": 0},

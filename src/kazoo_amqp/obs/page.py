@@ -59,7 +59,7 @@ font-size:12px}#reasons{color:#ffd2d2;font-size:13px}.err{color:var(--bad);font-
   <svg id="pl-con" data-points="0"></svg></div>
  <div class="card"><h2>Queries / s</h2><div class="legend" id="lg-q"></div>
   <svg id="pl-q" data-points="0"></svg></div>
- <div class="card"><h2>Query latency (ms, last 5 s)</h2><div class="legend" id="lg-lat"></div>
+ <div class="card"><h2>Query latency of answered queries (ms, last 5 s)</h2><div class="legend" id="lg-lat"></div>
   <svg id="pl-lat" data-points="0"></svg></div>
 </div>
 <div class="tables">
@@ -85,7 +85,7 @@ function plot(svgId,lgId,hist,series,unit,now,span){
   for(let i=0;i<=4;i++){const v=top*i/4,yy=y(v);g+=`<line x1="${L}" x2="${W-R}" y1="${yy}" y2="${yy}"/>`+
     `<text x="${L-5}" y="${yy+3}" text-anchor="end">${fmt(v)}</text>`}
   for(let m=0;m<=span/60;m++){const xx=x(now-m*60);if(xx<L-1)break;
-    g+=`<text x="${xx}" y="${H-5}" text-anchor="middle">${m?"-"+m+"m":"now"}</text>`}
+    g+=`<text x="${xx}" y="${H-5}" text-anchor="${m?"middle":"end"}">${m?"-"+m+"m":"now"}</text>`}
   g+="</g>";let lg="";
   for(const s of series){let d="",pen=false;
     for(const p of hist){const v=p[s.key];if(v==null||p.t<now-span){pen=false;continue}

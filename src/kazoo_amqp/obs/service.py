@@ -163,11 +163,10 @@ class Observer:
         counts: dict[str, float] = {}
         for name, (part, key) in _RATES:
             counts[name] = float(st.get(part, {}).get(key, 0))
-        queries = [0] * (len(QUERY_BUCKETS) + 1)
-        for h in self.recorder.query.values():
-            for i, n in enumerate(h.counts):
-                queries[i] += n
-        counts["query"] = float(sum(queries))
+        # the rate counts every query; the latency percentiles only answered ones (a timeout's
+        # "latency" is its timeout)
+        counts["query"] = float(sum(h.count for h in self.recorder.query.values()))
+        queries = list(self.recorder.query["ok"].counts)
         recent = self._recent
         last = recent[-1] if recent else None
         first = recent[0] if recent else None
