@@ -95,6 +95,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("late_replies", "drop"),
     ("kamailio_rpc", None),
     ("log_level", "info"),
+    ("log_format", "text"),
+    ("http_listen", None),
 ]
 
 
