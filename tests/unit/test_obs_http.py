@@ -325,3 +325,24 @@ def test_notify_without_systemd_does_nothing_and_a_dead_socket_only_logs(
     assert not systemd.notify("READY=1", {})
     assert not systemd.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "missing")})
     assert "cannot notify systemd" in caplog.text
+
+
+def test_the_example_grafana_dashboard_uses_only_exported_metric_names() -> None:
+    import re
+
+    from prometheus_client import generate_latest
+
+    from kazoo_amqp.obs.metrics import build_registry
+
+    rec = Recorder()
+    rec.handler.observe(("kazoo:consumer-event-a-b", "ok"), 0.01)
+    text = generate_latest(build_registry(_status, rec)).decode()
+    exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    dashboard = Path(__file__).resolve().parents[2] / "examples/grafana/kazoo-amqp-dashboard.json"
+    exprs = [
+        t["expr"]
+        for panel in json.loads(dashboard.read_text())["panels"]
+        for t in panel.get("targets", [])
+    ]
+    used = {name for e in exprs for name in re.findall(r"kazoo_amqp_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
