@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -430,6 +431,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 '''
 
 
+#: seconds between two scrapes of /metrics when KZBENCH_METRICS=1
+SCRAPE_S = 5.0
+
+
 class Daemon:
     """One kazoo-amqp daemon with a generated config and routes file in its own temp dir."""
 
@@ -450,8 +455,14 @@ class Daemon:
             "db_url": f"sqlite:///{self.dir / 'presence.db'}",
             "log_level": "info",
         }
+        if os.environ.get("KZBENCH_METRICS") == "1":
+            # metrics on (bench/metrics_overhead.py): the listener, its once-a-second sampler,
+            # and a scrape every SCRAPE_S like a Prometheus server's
+            cfg["http_listen"] = "127.0.0.1:0"
         cfg.update(config or {})
         self.config = cfg
+        self._scraper: threading.Thread | None = None
+        self._scraping = threading.Event()
         self.config_path = self.dir / "kazoo-amqp.toml"
         self.config_path.write_text(_toml(cfg))
         self.log_path = self.dir / "daemon.log"
@@ -507,6 +518,8 @@ class Daemon:
                     up = any(b["up"] for b in st["manager"]["brokers"])
                     alive = all(w["alive"] for w in st["workers"]["workers"])
                     if up and alive:
+                        if st.get("http"):
+                            self._start_scraper(st["http"] + "metrics")
                         return self
                 except Exception:
                     pass
@@ -536,7 +549,22 @@ class Daemon:
         return [line for line in self.logs().splitlines()
                 if " ERROR " in line or "Traceback" in line][:20]
 
+    def _start_scraper(self, url: str) -> None:
+        import urllib.request
+
+        def scrape() -> None:
+            while not self._scraping.wait(SCRAPE_S):
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        r.read()
+                except OSError:
+                    pass
+
+        self._scraper = threading.Thread(target=scrape, daemon=True, name="scraper")
+        self._scraper.start()
+
     def stop(self, timeout: float = 30.0) -> int | None:
+        self._scraping.set()
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
