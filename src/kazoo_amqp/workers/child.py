@@ -14,7 +14,8 @@ Rules of the loop:
 * with metrics on (``stats``), each route's run time is recorded by route name and outcome and
   sent as an ``M`` frame after a batch, at most once per ``STATS_EVERY`` s (and within that
   time after the last batch, so an idle worker's numbers still arrive);
-* while a route runs, ``core.logctx`` holds the message's identity for log lines;
+* with JSON logs, ``core.logctx`` holds the message's identity while a route runs (the text
+  format does not show it, so it is not set then);
 * EOF on the pipe (the manager is gone) or a stop frame ends the process.
 """
 
@@ -82,6 +83,7 @@ class Worker:
         #: handler durations by (route, "ok"|"error"); None when metrics are off
         self.stats = stats
         self._stats_sent = time.monotonic()
+        self._identity = settings.log_format == "json"
         self.settings = settings
         self.router = router
         self.callback = callback
@@ -171,9 +173,15 @@ class Worker:
             redelivered=redelivered,
             body=body,
         )
-        logctx.set_message(
-            exchange=exchange, routing_key=routing_key, payload=doc, route=name, worker=self.index
-        )
+        identity = self._identity
+        if identity:
+            logctx.set_message(
+                exchange=exchange,
+                routing_key=routing_key,
+                payload=doc,
+                route=name,
+                worker=self.index,
+            )
         stats = self.stats
         started = time.perf_counter() if stats is not None else 0.0
         try:
@@ -199,7 +207,8 @@ class Worker:
             )
             return self._count(pipe.Outcome.HANDLER_ERROR)
         finally:
-            logctx.clear()
+            if identity:
+                logctx.clear()
         if stats is not None:
             stats.observe((name, *_OK), time.perf_counter() - started)
         return self._count(pipe.Outcome.DONE)
