@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery
+from kazoo_amqp.amqp.channel import Channel, Delivery
+from kazoo_amqp.amqp.connection import Connection
 
 
 def make_body(size: int) -> bytes:

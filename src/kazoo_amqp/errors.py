@@ -12,7 +12,11 @@ This module imports nothing of ours, so every layer (and the stdlib-only
     │   └── BadPath            a JSON path that cannot be parsed (strict callers only)
     ├── BrokerError            RabbitMQ or the way to it
     │   ├── NotConnected       no broker reachable and the publish buffer cannot take it
+    │   │   ├── FrameError         the peer broke AMQP framing; the connection was closed
+    │   │   ├── HeartbeatTimeout   nothing from the broker for 2 heartbeat intervals
+    │   │   └── ChannelClosedRetry the channel closed for another publish: send this again
     │   ├── PublishFailed      nacked, returned (mandatory), buffer deadline passed
+    │   │   └── PublishNacked      the broker answered basic.nack (e.g. x-overflow reject-publish)
     │   └── BrokerRefused      the broker closed a channel or connection (reply code)
     ├── QueryTimeout           no correlated reply within the timeout
     ├── ProtocolError          a malformed frame on the local socket or a worker pipe
@@ -69,11 +73,39 @@ class PublishFailed(BrokerError):
 
 
 class BrokerRefused(BrokerError):
-    """The broker closed a channel or the connection with an AMQP reply code."""
+    """The broker closed a channel or the connection with an AMQP reply code.
 
-    def __init__(self, message: str, *, reply_code: int = 0) -> None:
+    ``exchange`` is set when the refusal names the exchange of a publish (404 no exchange).
+    """
+
+    def __init__(self, message: str, *, reply_code: int = 0, exchange: str = "") -> None:
         super().__init__(message)
         self.reply_code = reply_code
+        self.exchange = exchange
+
+
+class FrameError(NotConnected):
+    """The broker (or whatever answers on its port) sent bytes that are not AMQP 0-9-1 framing.
+
+    The connection is closed; like any lost connection the work on it can go to another one.
+    """
+
+
+class HeartbeatTimeout(NotConnected):
+    """Nothing arrived from the broker for two heartbeat intervals: the connection was aborted."""
+
+
+class ChannelClosedRetry(NotConnected):
+    """The broker closed the channel because of *another* publish (or an RPC) on it.
+
+    This publish was not refused: it may or may not have reached the broker, so the publisher
+    sends it again on a new channel (at-least-once).
+    """
+
+
+class PublishNacked(PublishFailed):
+    """The broker answered a publish with ``basic.nack`` (for example a queue with
+    ``x-overflow: reject-publish`` at its ``x-max-length``): it did not take the message."""
 
 
 class QueryTimeout(KazooError):
@@ -127,6 +159,10 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
         NotConnected,
         PublishFailed,
         BrokerRefused,
+        FrameError,
+        HeartbeatTimeout,
+        ChannelClosedRetry,
+        PublishNacked,
         QueryTimeout,
         ProtocolError,
         ShuttingDown,
@@ -139,7 +175,7 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
 
 
 #: Extra attributes some errors carry; they travel with the error over the local socket.
-ERROR_ATTRS = ("key", "field", "reply_code", "msg_id", "timeout_ms")
+ERROR_ATTRS = ("key", "field", "reply_code", "exchange", "msg_id", "timeout_ms")
 
 
 def error_attrs(exc: BaseException) -> dict[str, Any]:

@@ -15,7 +15,8 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame as pframe
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery, Returned
+from kazoo_amqp.amqp.channel import Channel, Delivery, Returned
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.errors import (
     BadRoutingKey,
     BrokerRefused,

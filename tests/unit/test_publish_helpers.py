@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from kazoo_amqp.amqp.channel import ConfirmCallback
 from kazoo_amqp.amqp.manager import _MsgIds
-from kazoo_amqp.amqp.protocol import ConfirmCallback
 from kazoo_amqp.errors import PublishFailed
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -38,7 +38,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery, Returned
+from kazoo_amqp.amqp.channel import Channel, Delivery, Returned
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.broker_url import BrokerSpec
 from kazoo_amqp.core.config import Settings
