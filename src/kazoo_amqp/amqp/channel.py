@@ -23,7 +23,18 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pamqp import commands as spec
 
 from kazoo_amqp.amqp import codec
-from kazoo_amqp.amqp.codec import ACK_FRAME, FRAME_END, Method
+from kazoo_amqp.amqp.codec import (
+    ACK_FRAME,
+    CONTENT_TYPE_JSON,
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_END_B,
+    FRAME_HEADER,
+    P_CONTENT_TYPE,
+    PLAIN_CONTENT,
+    PLAIN_HDR_SIZE,
+    Method,
+)
 from kazoo_amqp.errors import (
     BrokerRefused,
     NotConnected,
@@ -41,6 +52,7 @@ log = logging.getLogger("kazoo_amqp.amqp")
 
 _M = TypeVar("_M", bound=Method)
 
+_plain_content = PLAIN_CONTENT.pack
 _PUBLISH_CACHE_MAX = 4096
 _EXCHANGE_RUNS_MAX = 1024
 
@@ -209,6 +221,7 @@ class Channel:
         # outbound publish frames cache
         self._publish_cache: dict[tuple[str, str, bool], bytes] = {}
         self._frame_max = conn.frame_max
+        self._body_max = conn.frame_max - 8
 
     # ------------------------------------------------------------------ RPC
 
@@ -446,7 +459,8 @@ class Channel:
             if not batch:
                 conn = self._conn
                 conn._ack_channels.append(self)
-                conn._outbox()
+                if not conn._flush_scheduled:
+                    conn._outbox()
             batch.append(delivery_tag)
             return
         self._write_settle(80, delivery_tag, 1 if multiple else 0, multiple)
@@ -585,10 +599,30 @@ class Channel:
         method = self._publish_cache.get((exchange, routing_key, mandatory))
         if method is None:
             method = self._publish_frame(exchange, routing_key, mandatory)
-        codec.append_publish(
-            self._conn._outbox(), self.number, method, body, self._frame_max,
-            headers, message_id, correlation_id, reply_to, persistent,
-        )  # fmt: skip
+        conn = self._conn
+        n = len(body)
+        if (
+            headers is None
+            and message_id is None
+            and correlation_id is None
+            and reply_to is None
+            and not persistent
+            and 0 < n <= self._body_max
+        ):
+            # the common publish, packed right here (codec.PLAIN_CONTENT's layout): a call
+            # into the codec per message costs ~10 % of the publish rate
+            out = conn._out if conn._flush_scheduled else conn._outbox()
+            out.append(method)
+            out.append(_plain_content(FRAME_HEADER, self.number, PLAIN_HDR_SIZE, 60, 0, n,
+                                      P_CONTENT_TYPE, CONTENT_TYPE_JSON, FRAME_END,
+                                      FRAME_BODY, self.number, n))  # fmt: skip
+            out.append(body)
+            out.append(FRAME_END_B)
+        else:
+            codec.append_publish(
+                conn._outbox(), self.number, method, body, self._frame_max,
+                headers, message_id, correlation_id, reply_to, persistent,
+            )  # fmt: skip
         if not self._confirm:
             return None
         tag = self._next_tag

@@ -44,10 +44,14 @@ from kazoo_amqp.errors import BadRoutingKey, FrameError, UsageError
 
 __all__ = [
     "ACK_FRAME",
+    "CONTENT_TYPE_JSON",
     "FRAME_END_B",
     "HEARTBEAT_FRAME",
     "MIN_FRAME_MAX",
+    "PLAIN_CONTENT",
+    "PLAIN_HDR_SIZE",
     "PROTOCOL_HEADER",
+    "P_CONTENT_TYPE",
     "FrameDecoder",
     "FrameSink",
     "Method",
@@ -93,15 +97,16 @@ _HDR_FRAME = struct.Struct(">BHIHHQH")
 _BODY_FRAME_HDR = struct.Struct(">BHI")
 
 _CONTENT_TYPE_JSON = b"\x10application/json"
+CONTENT_TYPE_JSON = _CONTENT_TYPE_JSON
 # header frame with only content_type = application/json, its end byte and the next body frame
 # header, for the common publish: type, ch, size, class, weight, body size, flags, props, end,
 # body frame type, ch, body size
-_PLAIN_HDR_AND_BODY = struct.Struct(">BHIHHQH17sBBHI")
-_PLAIN_HDR_SIZE = 14 + len(_CONTENT_TYPE_JSON)
+PLAIN_CONTENT = struct.Struct(">BHIHHQH17sBBHI")
+PLAIN_HDR_SIZE = _PLAIN_HDR_SIZE = 14 + len(_CONTENT_TYPE_JSON)
 _HDR_OVERHEAD = 8 + 14  # frame header + end octet + class/weight/size/flags
 
 # property flags (AMQP 0-9-1 basic class, §1.8 / pamqp Basic.Properties.flags)
-_P_CONTENT_TYPE = 0x8000
+P_CONTENT_TYPE = _P_CONTENT_TYPE = 0x8000
 _P_CONTENT_ENCODING = 0x4000
 _P_HEADERS = 0x2000
 _P_DELIVERY_MODE = 0x1000
@@ -155,17 +160,9 @@ class FrameSink(Protocol):
         """A ``basic.ack`` (``ack``) or ``basic.nack`` from the broker."""
 
 
-class _Content:
-    """A content being assembled on one channel."""
-
-    __slots__ = ("info", "kind", "parts", "props", "remaining")
-
-    def __init__(self, kind: int, info: tuple[Any, ...]) -> None:
-        self.kind = kind
-        self.info = info
-        self.remaining = -1  # -1: the content header has not arrived yet
-        self.props: Props = _NO_PROPS
-        self.parts: list[bytes] | None = None
+# A content being assembled on one channel is a list (cheaper to make than an object):
+# [0 kind, 1 info, 2 remaining (-1 until the content header arrived), 3 props, 4 body parts]
+_Content = list[Any]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -300,7 +297,8 @@ class FrameDecoder:
                         q = -1
                     if q != fend:
                         raise FrameError(f"malformed basic.deliver on channel {ch}")
-                    content[ch] = _Content(_KIND_DELIVER, (ctag, dtag, bits & 1 == 1, exchange, rk))
+                    info = (ctag, dtag, bits & 1 == 1, exchange, rk)
+                    content[ch] = [_KIND_DELIVER, info, -1, _NO_PROPS, None]
                 elif cm in (_BASIC_ACK, _BASIC_NACK):
                     if size != 13:
                         raise FrameError(f"malformed basic.ack/nack on channel {ch}")
@@ -309,13 +307,13 @@ class FrameDecoder:
                 else:
                     method = _decode_method(cm, data[p + 4 : fend], ch)
                     if cm == _BASIC_RETURN:
-                        content[ch] = _Content(_KIND_RETURN, (method,))
+                        content[ch] = [_KIND_RETURN, (method,), -1, _NO_PROPS, None]
                     else:
                         sink.on_method(ch, method)
 
             elif ftype == FRAME_HEADER:
                 c = content.get(ch)
-                if c is None or c.remaining >= 0:
+                if c is None or c[2] >= 0:
                     raise FrameError(f"content header on channel {ch} without a content method")
                 if size < 14:
                     raise FrameError(f"content header of {size} bytes on channel {ch}")
@@ -328,39 +326,39 @@ class FrameDecoder:
                     if p + 15 + data[p + 14] != fend:
                         raise FrameError(f"malformed content header on channel {ch}")
                 else:
-                    c.props = _parse_properties(data, p + 14, flags, fend, ch)
+                    c[3] = _parse_properties(data, p + 14, flags, fend, ch)
                 if body_size == 0:
                     del content[ch]
                     self._complete(ch, c, b"")
                 else:
-                    c.remaining = body_size
+                    c[2] = body_size
 
             elif ftype == FRAME_BODY:
                 c = content.get(ch)
-                if c is None or c.remaining < 0:
+                if c is None or c[2] < 0:
                     raise FrameError(f"body frame on channel {ch} without a content header")
-                remaining = c.remaining
+                remaining = c[2]
                 if size > remaining:
                     raise FrameError(
                         f"body frames on channel {ch} carry more than the {remaining} bytes "
                         "left of the size the content header announced"
                     )
-                parts = c.parts
+                parts = c[4]
                 if parts is None and size == remaining:
                     # the whole body in one frame: the common case
                     del content[ch]
-                    if c.kind == _KIND_DELIVER:
-                        i = c.info
-                        h = c.props
+                    if c[0] == _KIND_DELIVER:
+                        i = c[1]
+                        h = c[3]
                         on_deliver(ch, i[0], i[1], i[2], i[3], i[4], data[p:fend], h[0], h[1], h[2])
                     else:
                         self._complete(ch, c, data[p:fend])
                     continue
                 if parts is None:
-                    parts = c.parts = []
+                    parts = c[4] = []
                 parts.append(data[p:fend])
                 remaining -= size
-                c.remaining = remaining
+                c[2] = remaining
                 if remaining == 0:
                     del content[ch]
                     self._complete(ch, c, b"".join(parts))
@@ -380,9 +378,9 @@ class FrameDecoder:
         self._need = need
 
     def _complete(self, ch: int, c: _Content, body: bytes) -> None:
-        h = c.props
-        i = c.info
-        if c.kind == _KIND_DELIVER:
+        i = c[1]
+        h = c[3]
+        if c[0] == _KIND_DELIVER:
             self._sink.on_deliver(ch, i[0], i[1], i[2], i[3], i[4], body, h[0], h[1], h[2])
         else:
             self._sink.on_return(ch, i[0], body, h[1])
@@ -613,7 +611,7 @@ def append_publish(
     ):
         out.append(method_frame)
         out.append(
-            _PLAIN_HDR_AND_BODY.pack(
+            PLAIN_CONTENT.pack(
                 FRAME_HEADER, channel, _PLAIN_HDR_SIZE, 60, 0, n, _P_CONTENT_TYPE,
                 _CONTENT_TYPE_JSON, FRAME_END, FRAME_BODY, channel, n,
             )
