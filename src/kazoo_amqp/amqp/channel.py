@@ -37,6 +37,7 @@ from kazoo_amqp.amqp.codec import (
 )
 from kazoo_amqp.errors import (
     BrokerRefused,
+    ChannelClosedRetry,
     NotConnected,
     PublishFailed,
     PublishNacked,
@@ -193,6 +194,11 @@ class Channel:
         self.on_return = on_return
         #: called with the consumer tag when the broker cancels a consumer (queue deleted)
         self.on_cancel: Callable[[str], None] | None = None
+        #: False while the broker has paused this channel's publishing with channel.flow
+        #: (answered with flow-ok here; publishing is not stopped here: the owner decides)
+        self.flow_active = True
+        #: owner-set: called with the new state when channel.flow changes it
+        self.on_flow: Callable[[bool], None] | None = None
         self._conn = conn
         self._loop = conn._loop
         self._closing = False
@@ -222,6 +228,21 @@ class Channel:
         self._publish_cache: dict[tuple[str, str, bool], bytes] = {}
         self._frame_max = conn.frame_max
         self._body_max = conn.frame_max - 8
+
+    @property
+    def writable(self) -> bool:
+        """Open, not paused by channel.flow, and its connection not blocked by the broker.
+
+        A publisher that honours back-pressure writes only while this is true; ``publish``
+        itself does not check flow or blocked (it only refuses a closed channel).
+        """
+        return (
+            self.is_open
+            and not self._closing
+            and self.flow_active
+            and self._conn.blocked is None
+            and self._conn.is_open
+        )
 
     # ------------------------------------------------------------------ RPC
 
@@ -770,7 +791,19 @@ class Channel:
                     log.exception("on_cancel callback raised on channel %d", self.number)
             return
         if isinstance(method, spec.Channel.Flow):
-            self._conn._write_method(self.number, spec.Channel.FlowOk(active=method.active))
+            active = bool(method.active)
+            self._conn._write_method(self.number, spec.Channel.FlowOk(active=active))
+            if active != self.flow_active:
+                self.flow_active = active
+                log.warning(
+                    "RabbitMQ %s publishing on channel %d (channel.flow)",
+                    "resumed" if active else "paused", self.number,
+                )  # fmt: skip
+                if self.on_flow is not None:
+                    try:
+                        self.on_flow(active)
+                    except Exception:
+                        log.exception("on_flow callback raised on channel %d", self.number)
             return
         rpcs = self._rpcs
         if rpcs and isinstance(method, rpcs[0].expect):
@@ -783,14 +816,55 @@ class Channel:
         log.warning("unexpected %s on channel %d ignored", method.name, self.number)
 
     def _on_broker_close(self, close: spec.Channel.Close) -> None:
+        """The broker closed the channel: fail what it names, send the rest back for retry.
+
+        When a publish caused the close and RabbitMQ's reply text names its exchange (404 no
+        exchange, 403 access refused), the unconfirmed publishes to that exchange fail with
+        ``BrokerRefused`` (``reply_code``, ``exchange``); every other unconfirmed publish fails
+        with ``ChannelClosedRetry``: it was not refused and goes out again on a new channel.
+        A close that names no exchange (an RPC's 406, a message over the broker's size limit)
+        sends every unconfirmed publish back for retry; the publisher's deadline bounds that.
+        Pending RPCs fail with ``BrokerRefused``.
+        """
         code = int(close.reply_code or 0)
-        text = close.reply_text or ""
+        text = str(close.reply_text or "")
         during = codec.method_name(close.class_id, close.method_id)
         suffix = f" (after {during})" if during else ""
         err = BrokerRefused(
             f"RabbitMQ closed channel {self.number}: {code} {text}{suffix}", reply_code=code
         )
         self._conn._write_method(self.number, spec.Channel.CloseOk())
+        exchange: str | None = None
+        if (close.class_id, close.method_id) == (60, 40):  # basic.publish
+            named = _EXCHANGE_IN_TEXT.search(text)
+            if named is not None:
+                exchange = named.group(1)
+        pending, self._pending = self._pending, {}
+        if pending:
+            retry = (
+                f"RabbitMQ closed channel {self.number} ({code} {text}{suffix}) for another "
+                "publish; this one was not refused and can be sent again"
+            )
+            refused = 0
+            for tag, fut in pending.items():
+                if exchange is not None and self._exchange_of(tag) == exchange:
+                    refused += 1
+                    fail_quietly(
+                        fut,
+                        BrokerRefused(
+                            f"RabbitMQ refused the publish to exchange {exchange!r}: {code} "
+                            f"{text}; declare the exchange or grant the user write access to it",
+                            reply_code=code,
+                            exchange=exchange,
+                        ),
+                    )
+                else:
+                    fail_quietly(fut, ChannelClosedRetry(retry))
+            log.warning(
+                "RabbitMQ closed channel %d: %d %s%s; %d unconfirmed publish(es) refused, %d to "
+                "send again",
+                self.number, code, text, suffix, refused, len(pending) - refused,
+            )  # fmt: skip
         self._terminate(err, err)
 
     # ------------------------------------------------------------------ closing

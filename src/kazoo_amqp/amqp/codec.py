@@ -207,6 +207,11 @@ class FrameDecoder:
         """Bytes received but not yet dispatched (an incomplete frame, or held while paused)."""
         return self._rest_len
 
+    @property
+    def partial_frame(self) -> bool:
+        """True when the bytes kept end in the middle of a frame."""
+        return 0 < self._rest_len < self._need
+
     def reset_channel(self, channel: int) -> None:
         """Forget a half-assembled content of a channel that has closed."""
         self._content.pop(channel, None)

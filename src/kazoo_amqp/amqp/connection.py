@@ -42,6 +42,7 @@ from kazoo_amqp.errors import (
     FrameError,
     HeartbeatTimeout,
     NotConnected,
+    UsageError,
 )
 
 __all__ = ["Connection"]
@@ -57,6 +58,8 @@ _CLIENT_CAPABILITIES = {
     "per_consumer_qos": True,
     "publisher_confirms": True,
 }
+
+_MECHANISMS = ("PLAIN", "EXTERNAL")
 
 # connection states
 _ST_CONNECTING = 0  # protocol header sent, waiting for connection.start
@@ -124,6 +127,7 @@ class Connection:
         frame_max: int,
         channel_max: int,
         name: str,
+        auth_mechanism: str = "PLAIN",
     ) -> None:
         """Use :meth:`connect`; this only sets up state."""
         self._loop = asyncio.get_running_loop()
@@ -133,6 +137,11 @@ class Connection:
         self.vhost = vhost
         self.name = name
         self._password = password
+        self.auth_mechanism = auth_mechanism.upper()
+        if self.auth_mechanism not in _MECHANISMS:
+            raise UsageError(
+                f"auth_mechanism {auth_mechanism!r} is not supported: use PLAIN or EXTERNAL"
+            )
         self._want_heartbeat = max(0, heartbeat)
         self._want_frame_max = frame_max
         self._want_channel_max = channel_max
@@ -192,8 +201,13 @@ class Connection:
         frame_max: int = 131072,
         channel_max: int = 2047,
         name: str = "kazoo-amqp",
+        auth_mechanism: str = "PLAIN",
     ) -> Connection:
         """Open a TCP (or TLS) connection and run the AMQP handshake.
+
+        ``auth_mechanism`` is ``"PLAIN"`` (``user`` and ``password``) or ``"EXTERNAL"``: the
+        broker takes the identity from the TLS client certificate of ``ssl`` (RabbitMQ's
+        rabbitmq_auth_mechanism_ssl plugin); ``user`` and ``password`` are then not sent.
 
         ``channel_max``, ``frame_max`` and ``heartbeat`` are negotiated down to the broker's limits;
         ``heartbeat=0`` turns heartbeats off. Raises ``NotConnected`` when the broker cannot be
@@ -210,6 +224,7 @@ class Connection:
             frame_max=frame_max,
             channel_max=channel_max,
             name=name,
+            auth_mechanism=auth_mechanism,
         )
         where = f"RabbitMQ at {host}:{port}"
         loop = conn._loop
@@ -456,6 +471,12 @@ class Connection:
         elif self._state == _ST_CLOSING:
             self._finish(None, NotConnected(f"the connection to {where} was closed by the client"))
             return
+        elif exc is None and self._decoder.partial_frame:
+            err = FrameError(
+                f"{where} closed the connection in the middle of a frame "
+                f"({self._decoder.buffered} bytes of it received)"
+            )
+            log.error("connection lost: %s", err)
         elif exc is not None:
             err = NotConnected(f"lost the connection to {where}: {exc}")
         else:
@@ -605,12 +626,21 @@ class Connection:
     def _on_start(self, start: spec.Connection.Start) -> None:
         self.server_properties = dict(start.server_properties or {})
         mechanisms = str(start.mechanisms).split()
-        if "PLAIN" not in mechanisms:
-            self._protocol_error(
-                NotConnected(
-                    f"{self._where} does not offer PLAIN authentication (it offers {mechanisms})"
-                )
+        mechanism = self.auth_mechanism
+        if mechanism not in mechanisms:
+            fix = (
+                "enable the rabbitmq_auth_mechanism_ssl plugin and add EXTERNAL to the broker's "
+                "auth_mechanisms, or drop ?auth_mechanism=external to log in with a password"
+                if mechanism == "EXTERNAL"
+                else "add PLAIN to the broker's auth_mechanisms"
             )
+            err = BrokerRefused(
+                f"{self._where} does not offer {mechanism} authentication (it offers "
+                f"{' '.join(mechanisms)}): {fix}",
+                reply_code=0,
+            )
+            log.error("closing the connection: %s", err)
+            self._finish(err, err)
             return
         props: dict[str, Any] = {
             "product": "kazoo-amqp",
@@ -618,14 +648,14 @@ class Connection:
             "connection_name": self.name,
             "capabilities": dict(_CLIENT_CAPABILITIES),
         }
+        # PLAIN: authzid NUL user NUL password (RFC 4616); EXTERNAL: empty, the certificate is
+        # the credential (RFC 4422 appendix A)
+        response = f"\0{self.user}\0{self._password}" if mechanism == "PLAIN" else ""
         self._state = _ST_AUTH
         self._write_method(
             0,
             spec.Connection.StartOk(
-                client_properties=props,
-                mechanism="PLAIN",
-                response=f"\0{self.user}\0{self._password}",
-                locale="en_US",
+                client_properties=props, mechanism=mechanism, response=response, locale="en_US"
             ),
         )
 
@@ -650,6 +680,13 @@ class Connection:
         self._write_method(0, spec.Connection.Open(virtual_host=self.vhost))
 
     def _login_refused(self, code: int) -> BrokerRefused:
+        if self.auth_mechanism == "EXTERNAL":
+            return BrokerRefused(
+                f"{self._where} refused the TLS client certificate (EXTERNAL login) on vhost "
+                f"{self.vhost!r}: check that a RabbitMQ user named like the certificate's "
+                "subject (ssl_cert_login_from) exists and may use the vhost",
+                reply_code=code or 403,
+            )
         return BrokerRefused(
             f"{self._where} refused login for user {self.user!r} on vhost {self.vhost!r}: "
             "check the user/password in amqp_connection",

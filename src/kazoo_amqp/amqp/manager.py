@@ -250,6 +250,7 @@ class Manager:
             frame_max=131072,
             channel_max=max(s.amqp_max_channels, len(self.subscriptions) + 4),
             name=f"kazoo-amqp {self.node} {name}",
+            auth_mechanism=spec.auth_mechanism,
         )
         return conn
 
