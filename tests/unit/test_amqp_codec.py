@@ -27,8 +27,9 @@ class Sink:
     def on_method(self, channel: int, method: Method) -> None:
         self.events.append(("method", channel, method.name))
 
-    def on_deliver(self, channel: int, *args: Any) -> None:
-        self.events.append(("deliver", channel, *args))
+    def on_deliver(self, channel: int, content: list[Any], body: bytes) -> None:
+        c = content
+        self.events.append(("deliver", channel, *c[3:8], body, *c[8:11]))
         if self.pause_after and len(self.events) == self.pause_after:
             assert self.decoder is not None
             self.decoder.paused = True

@@ -118,7 +118,6 @@ _P_MESSAGE_ID = 0x0080
 
 #: (headers, message_id, correlation_id) of a content header
 Props = tuple[dict[str, Any] | None, str | None, str | None]
-_NO_PROPS: Props = (None, None, None)
 
 _KIND_DELIVER = 1
 _KIND_RETURN = 2
@@ -136,20 +135,14 @@ class FrameSink(Protocol):
     def on_method(self, channel: int, method: Method) -> None:
         """Any method but deliver/return/publisher-confirm acks and nacks."""
 
-    def on_deliver(
-        self,
-        channel: int,
-        consumer_tag: bytes,
-        delivery_tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        headers: dict[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-    ) -> None:
-        """A complete ``basic.deliver`` (method, header and every body frame)."""
+    def on_deliver(self, channel: int, content: list[Any], body: bytes) -> None:
+        """A complete ``basic.deliver`` (method, header and every body frame).
+
+        ``content`` is the decoder's own record, read by position for speed: ``[3]`` consumer
+        tag (bytes), ``[4]`` delivery tag, ``[5]`` redelivered, ``[6]`` exchange, ``[7]``
+        routing key, ``[8]`` headers, ``[9]`` message_id, ``[10]`` correlation_id (see
+        ``D_*``). It is not reused by the decoder; the sink may keep it.
+        """
 
     def on_return(
         self, channel: int, method: spec.Basic.Return, body: bytes, message_id: str | None
@@ -160,9 +153,19 @@ class FrameSink(Protocol):
         """A ``basic.ack`` (``ack``) or ``basic.nack`` from the broker."""
 
 
-# A content being assembled on one channel is a list (cheaper to make than an object):
-# [0 kind, 1 info, 2 remaining (-1 until the content header arrived), 3 props, 4 body parts]
+# A content being assembled on one channel is a flat list (cheaper to make and read than an
+# object): [0 kind, 1 remaining (-1 until the content header arrived), 2 body parts or None,
+# 3..7 the method's fields (deliver: consumer tag, delivery tag, redelivered, exchange, routing
+# key; return: the method), 8 headers, 9 message_id, 10 correlation_id]
 _Content = list[Any]
+D_CONSUMER_TAG = 3
+D_DELIVERY_TAG = 4
+D_REDELIVERED = 5
+D_EXCHANGE = 6
+D_ROUTING_KEY = 7
+D_HEADERS = 8
+D_MESSAGE_ID = 9
+D_CORRELATION_ID = 10
 
 
 # --------------------------------------------------------------------------- decoding
@@ -283,8 +286,6 @@ class FrameDecoder:
             if ftype == FRAME_METHOD:
                 if size < 4:
                     raise FrameError(f"method frame of {size} bytes on channel {ch}")
-                if ch in content:
-                    raise FrameError(f"method frame on channel {ch} in the middle of a content")
                 cm = unpack_u32(data, p)[0]
                 if cm == _BASIC_DELIVER:
                     try:
@@ -302,8 +303,14 @@ class FrameDecoder:
                         q = -1
                     if q != fend:
                         raise FrameError(f"malformed basic.deliver on channel {ch}")
-                    info = (ctag, dtag, bits & 1 == 1, exchange, rk)
-                    content[ch] = [_KIND_DELIVER, info, -1, _NO_PROPS, None]
+                    rec = [
+                        _KIND_DELIVER, -1, None, ctag, dtag, bits & 1 == 1, exchange, rk,
+                        None, None, None,
+                    ]  # fmt: skip
+                    if content.setdefault(ch, rec) is not rec:
+                        raise _mid_content(ch)
+                elif ch in content:
+                    raise _mid_content(ch)
                 elif cm in (_BASIC_ACK, _BASIC_NACK):
                     if size != 13:
                         raise FrameError(f"malformed basic.ack/nack on channel {ch}")
@@ -312,13 +319,16 @@ class FrameDecoder:
                 else:
                     method = _decode_method(cm, data[p + 4 : fend], ch)
                     if cm == _BASIC_RETURN:
-                        content[ch] = [_KIND_RETURN, (method,), -1, _NO_PROPS, None]
+                        content[ch] = [
+                            _KIND_RETURN, -1, None, method, None, None, None, None,
+                            None, None, None,
+                        ]  # fmt: skip
                     else:
                         sink.on_method(ch, method)
 
             elif ftype == FRAME_HEADER:
                 c = content.get(ch)
-                if c is None or c[2] >= 0:
+                if c is None or c[1] >= 0:
                     raise FrameError(f"content header on channel {ch} without a content method")
                 if size < 14:
                     raise FrameError(f"content header of {size} bytes on channel {ch}")
@@ -331,42 +341,40 @@ class FrameDecoder:
                     if p + 15 + data[p + 14] != fend:
                         raise FrameError(f"malformed content header on channel {ch}")
                 else:
-                    c[3] = _parse_properties(data, p + 14, flags, fend, ch)
+                    c[8:11] = _parse_properties(data, p + 14, flags, fend, ch)
                 if body_size == 0:
                     del content[ch]
                     self._complete(ch, c, b"")
                 else:
-                    c[2] = body_size
+                    c[1] = body_size
 
             elif ftype == FRAME_BODY:
-                c = content.get(ch)
-                if c is None or c[2] < 0:
+                c = content.pop(ch, None)
+                if c is None or c[1] < 0:
                     raise FrameError(f"body frame on channel {ch} without a content header")
-                remaining = c[2]
+                remaining = c[1]
                 if size > remaining:
                     raise FrameError(
                         f"body frames on channel {ch} carry more than the {remaining} bytes "
                         "left of the size the content header announced"
                     )
-                parts = c[4]
+                parts = c[2]
                 if parts is None and size == remaining:
                     # the whole body in one frame: the common case
-                    del content[ch]
                     if c[0] == _KIND_DELIVER:
-                        i = c[1]
-                        h = c[3]
-                        on_deliver(ch, i[0], i[1], i[2], i[3], i[4], data[p:fend], h[0], h[1], h[2])
+                        on_deliver(ch, c, data[p:fend])
                     else:
                         self._complete(ch, c, data[p:fend])
                     continue
                 if parts is None:
-                    parts = c[4] = []
+                    parts = c[2] = []
                 parts.append(data[p:fend])
                 remaining -= size
-                c[2] = remaining
                 if remaining == 0:
-                    del content[ch]
                     self._complete(ch, c, b"".join(parts))
+                else:
+                    c[1] = remaining
+                    content[ch] = c
 
             elif ftype == FRAME_HEARTBEAT:
                 if ch != 0 or size != 0:
@@ -383,12 +391,14 @@ class FrameDecoder:
         self._need = need
 
     def _complete(self, ch: int, c: _Content, body: bytes) -> None:
-        i = c[1]
-        h = c[3]
         if c[0] == _KIND_DELIVER:
-            self._sink.on_deliver(ch, i[0], i[1], i[2], i[3], i[4], body, h[0], h[1], h[2])
+            self._sink.on_deliver(ch, c, body)
         else:
-            self._sink.on_return(ch, i[0], body, h[1])
+            self._sink.on_return(ch, c[3], body, c[D_MESSAGE_ID])
+
+
+def _mid_content(ch: int) -> FrameError:
+    return FrameError(f"method frame on channel {ch} in the middle of a content")
 
 
 def _decode_method(cm: int, payload: bytes, ch: int) -> Method:

@@ -522,30 +522,21 @@ class Connection:
             return
         chan._on_method(method)
 
-    def on_deliver(
-        self,
-        channel: int,
-        consumer_tag: bytes,
-        delivery_tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        headers: dict[str, Any] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-    ) -> None:
-        """Codec event: a complete delivery; the consumer callback runs right here."""
+    def on_deliver(self, channel: int, content: list[Any], body: bytes) -> None:
+        """Codec event: a complete delivery; the consumer callback runs right here.
+
+        ``content`` is read by position (codec.D_*): the consume hot path.
+        """
         chan = self._channels.get(channel)
         if chan is None:
             return
-        entry = chan._consumers.get(consumer_tag)
+        entry = chan._consumers.get(content[3])
         if entry is None:
-            log.debug("delivery for unknown consumer %r on channel %d", consumer_tag, channel)
+            log.debug("delivery for unknown consumer %r on channel %d", content[3], channel)
             return
         delivery = Delivery(
-            chan, entry[0], delivery_tag, redelivered, exchange, routing_key,
-            body, headers, message_id, correlation_id,
+            chan, entry[0], content[4], content[5], content[6], content[7],
+            body, content[8], content[9], content[10],
         )  # fmt: skip
         try:
             entry[1](delivery)
@@ -553,7 +544,7 @@ class Connection:
             log.exception(
                 "consumer callback for %r raised; delivery %d on channel %d dropped by the "
                 "callback",
-                entry[0], delivery_tag, channel,
+                entry[0], content[4], channel,
             )  # fmt: skip
 
     def on_return(
