@@ -195,3 +195,68 @@ async def test_a_broker_that_hangs_up_in_the_middle_of_a_frame_is_a_frame_error(
         reason = await asyncio.wait_for(asyncio.shield(conn.closed), 5)
     assert isinstance(reason, FrameError)
     assert "in the middle of a frame" in str(reason)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+async def _publishes(fake: FakeBroker, conn: Connection, exchanges: list[str]) -> list[Any]:
+    ch = await conn.channel(confirms=True)
+    futures = [ch.publish(ex, "rk", b"{}") for ex in exchanges]
+    await fake.wait_for(
+        lambda _c, v: sum(isinstance(x, spec.Basic.Publish) for _, x in fake.received)
+        == len(exchanges)
+    )
+    return [ch, *futures]
+
+
+async def test_a_403_naming_an_exchange_refuses_only_the_publishes_to_it() -> None:
+    async with FakeBroker() as fake:
+        conn = await connect(fake)
+        ch, *futures = await _publishes(fake, conn, ["a", "secret", "b", "secret", "a"])
+        fake.send_method(ch.number, spec.Channel.Close(
+            403, "ACCESS_REFUSED - access to exchange 'secret' in vhost '/' refused for user 'u'",
+            60, 40,
+        ))  # fmt: skip
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        kinds = [(type(o).__name__, getattr(o, "exchange", None)) for o in outcomes]
+        assert kinds == [
+            ("ChannelClosedRetry", None),
+            ("BrokerRefused", "secret"),
+            ("ChannelClosedRetry", None),
+            ("BrokerRefused", "secret"),
+            ("ChannelClosedRetry", None),
+        ]
+        assert outcomes[1].reply_code == 403
+        assert isinstance(outcomes[0], NotConnected)  # retryable by the publisher as it is
+        await fake.wait_for(lambda _c, v: isinstance(v, spec.Channel.CloseOk))
+        assert conn.is_open
+        conn.abort()
+
+
+async def test_a_close_that_names_no_exchange_sends_every_publish_back() -> None:
+    async with FakeBroker() as fake:
+        conn = await connect(fake)
+        ch, *futures = await _publishes(fake, conn, ["a", "b"])
+        fake.send_method(ch.number, spec.Channel.Close(
+            406, "PRECONDITION_FAILED - message size 200 is larger than configured max size 100",
+            60, 40,
+        ))  # fmt: skip
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert [type(o).__name__ for o in outcomes] == ["ChannelClosedRetry"] * 2
+        conn.abort()
+
+
+async def test_nacks_single_and_multiple_are_publish_nacked() -> None:
+    async with FakeBroker() as fake:
+        conn = await connect(fake)
+        ch, *futures = await _publishes(fake, conn, ["x", "x", "x", "y"])
+        fake.send_method(ch.number, spec.Basic.Ack(delivery_tag=1))
+        fake.send_method(ch.number, spec.Basic.Nack(delivery_tag=3, multiple=True))
+        fake.send_method(ch.number, spec.Basic.Nack(delivery_tag=4))
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert outcomes[0] is None
+        assert [type(o).__name__ for o in outcomes[1:]] == ["PublishNacked"] * 3
+        assert "exchange 'y'" in str(outcomes[3])
+        assert ch.is_open
+        conn.abort()
