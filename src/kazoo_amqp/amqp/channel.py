@@ -54,6 +54,7 @@ log = logging.getLogger("kazoo_amqp.amqp")
 _M = TypeVar("_M", bound=Method)
 
 _plain_content = PLAIN_CONTENT.pack
+_append_with_properties = codec.append_publish_with_properties
 _PUBLISH_CACHE_MAX = 4096
 _EXCHANGE_RUNS_MAX = 1024
 
@@ -640,8 +641,9 @@ class Channel:
             out.append(body)
             out.append(FRAME_END_B)
         else:
-            codec.append_publish(
-                conn._outbox(), self.number, method, body, self._frame_max,
+            _append_with_properties(
+                conn._out if conn._flush_scheduled else conn._outbox(),
+                self.number, method, body, self._frame_max,
                 headers, message_id, correlation_id, reply_to, persistent,
             )  # fmt: skip
         if not self._confirm:

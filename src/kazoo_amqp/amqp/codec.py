@@ -57,6 +57,7 @@ __all__ = [
     "Method",
     "Props",
     "append_publish",
+    "append_publish_with_properties",
     "build_method",
     "encode_method",
     "method_name",
@@ -634,6 +635,27 @@ def append_publish(
         out.append(body)
         out.append(FRAME_END_B)
         return
+    append_publish_with_properties(
+        out, channel, method_frame, body, frame_max,
+        headers, message_id, correlation_id, reply_to, persistent,
+    )  # fmt: skip
+
+
+def append_publish_with_properties(
+    out: list[bytes | memoryview],
+    channel: int,
+    method_frame: bytes,
+    body: bytes,
+    frame_max: int,
+    headers: Sequence[tuple[str, str]] | Mapping[str, Any] | None,
+    message_id: str | None,
+    correlation_id: str | None,
+    reply_to: str | None,
+    persistent: bool,
+) -> None:
+    """:func:`append_publish` for a message with properties (or an empty or large body)."""
+    n = len(body)
+    body_max = frame_max - 8
     flags = _P_CONTENT_TYPE
     props = [_CONTENT_TYPE_JSON]
     if headers:
