@@ -635,9 +635,10 @@ class Channel:
             # into the codec per message costs ~10 % of the publish rate
             out = conn._out if conn._flush_scheduled else conn._outbox()
             out.append(method)
-            out.append(_plain_content(FRAME_HEADER, self.number, PLAIN_HDR_SIZE, 60, 0, n,
+            number = self.number
+            out.append(_plain_content(FRAME_HEADER, number, PLAIN_HDR_SIZE, 60, 0, n,
                                       P_CONTENT_TYPE, CONTENT_TYPE_JSON, FRAME_END,
-                                      FRAME_BODY, self.number, n))  # fmt: skip
+                                      FRAME_BODY, number, n))  # fmt: skip
             out.append(body)
             out.append(FRAME_END_B)
         else:

@@ -255,13 +255,15 @@ class FrameDecoder:
         unpack_hdr = _FRAME_HDR.unpack_from
         unpack_u32 = _U32.unpack_from
         unpack_tag = _U64_U8.unpack_from
+        unpack_content = _CONTENT_HDR.unpack_from
         sink = self._sink
         on_deliver = sink.on_deliver
         content = self._content
         max_payload = self._max_payload
         pos = 0
         end = len(data)
-        while not self.paused:
+        # only a callback can pause: the flag is checked after each one
+        while True:
             if end - pos < 8:
                 self._keep(data, pos, 8)
                 return
@@ -317,6 +319,8 @@ class FrameDecoder:
                         raise FrameError(f"malformed basic.ack/nack on channel {ch}")
                     dtag, bits = unpack_tag(data, p + 4)
                     sink.on_confirm(ch, dtag, bits & 1 == 1, cm == _BASIC_ACK)
+                    if self.paused:
+                        break
                 else:
                     method = _decode_method(cm, data[p + 4 : fend], ch)
                     if cm == _BASIC_RETURN:
@@ -326,6 +330,8 @@ class FrameDecoder:
                         ]  # fmt: skip
                     else:
                         sink.on_method(ch, method)
+                        if self.paused:
+                            break
 
             elif ftype == FRAME_HEADER:
                 c = content.get(ch)
@@ -333,8 +339,7 @@ class FrameDecoder:
                     raise FrameError(f"content header on channel {ch} without a content method")
                 if size < 14:
                     raise FrameError(f"content header of {size} bytes on channel {ch}")
-                body_size = _CONTENT_HDR.unpack_from(data, p)[2]
-                flags = _U16.unpack_from(data, p + 12)[0]
+                _, _, body_size, flags = unpack_content(data, p)
                 if flags == 0:
                     if size != 14:
                         raise FrameError(f"content header on channel {ch} has trailing bytes")
@@ -346,6 +351,8 @@ class FrameDecoder:
                 if body_size == 0:
                     del content[ch]
                     self._complete(ch, c, b"")
+                    if self.paused:
+                        break
                 else:
                     c[1] = body_size
 
@@ -366,6 +373,8 @@ class FrameDecoder:
                         on_deliver(ch, c, data[p:fend])
                     else:
                         self._complete(ch, c, data[p:fend])
+                    if self.paused:
+                        break
                     continue
                 if parts is None:
                     parts = c[2] = []
@@ -373,6 +382,8 @@ class FrameDecoder:
                 remaining -= size
                 if remaining == 0:
                     self._complete(ch, c, b"".join(parts))
+                    if self.paused:
+                        break
                 else:
                     c[1] = remaining
                     content[ch] = c
