@@ -32,7 +32,7 @@ payload is ``class:u16 weight:u16 body_size:u64 flags:u16 properties...``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pamqp import commands as spec
@@ -179,6 +179,7 @@ class FrameDecoder:
         "_content",
         "_max_payload",
         "_need",
+        "_on_deliver",
         "_rest",
         "_rest_len",
         "_sink",
@@ -188,6 +189,7 @@ class FrameDecoder:
 
     def __init__(self, sink: FrameSink, frame_max: int = 131072) -> None:
         self._sink = sink
+        self._on_deliver = sink.on_deliver
         self._max_payload = max(frame_max, MIN_FRAME_MAX) - 8
         #: set by the sink (or the owner) to stop dispatching; clear it and call ``feed(b"")``
         self.paused = False
@@ -220,10 +222,23 @@ class FrameDecoder:
         """Forget a half-assembled content of a channel that has closed."""
         self._content.pop(channel, None)
 
-    def feed(self, data: bytes) -> None:
+    def feed(
+        self,
+        data: bytes,
+        *,
+        # bound once at definition: a feed of one or two frames is common and each local
+        # set-up costs on the consume path
+        unpack_hdr: Callable[[bytes, int], tuple[int, int, int]] = _FRAME_HDR.unpack_from,
+        unpack_u32: Callable[[bytes, int], tuple[int]] = _U32.unpack_from,
+        unpack_tag: Callable[[bytes, int], tuple[int, int]] = _U64_U8.unpack_from,
+        unpack_content: Callable[[bytes, int], tuple[int, int, int, int]] = (
+            _CONTENT_HDR.unpack_from
+        ),
+    ) -> None:
         """Decode ``data`` (after what was kept from earlier calls) and dispatch every event.
 
-        Raises ``FrameError`` on anything that is not valid AMQP framing.
+        Raises ``FrameError`` on anything that is not valid AMQP framing. (The keyword
+        arguments are implementation details; never pass them.)
         """
         if self._rest:
             if data:
@@ -252,12 +267,8 @@ class FrameDecoder:
                 )
             self._started = True
 
-        unpack_hdr = _FRAME_HDR.unpack_from
-        unpack_u32 = _U32.unpack_from
-        unpack_tag = _U64_U8.unpack_from
-        unpack_content = _CONTENT_HDR.unpack_from
         sink = self._sink
-        on_deliver = sink.on_deliver
+        on_deliver = self._on_deliver
         content = self._content
         max_payload = self._max_payload
         pos = 0
@@ -265,7 +276,8 @@ class FrameDecoder:
         # only a callback can pause: the flag is checked after each one
         while True:
             if end - pos < 8:
-                self._keep(data, pos, 8)
+                if pos < end:
+                    self._keep(data, pos, 8)
                 return
             ftype, ch, size = unpack_hdr(data, pos)
             if size > max_payload:

@@ -167,6 +167,7 @@ class Connection:
         self._channels: dict[int, Channel] = {}
         self._next_channel = 1
         self._decoder = codec.FrameDecoder(self, max(frame_max, 131072))
+        self._feed = self._decoder.feed
 
         # outbound: one list, one write per loop iteration (see _outbox)
         self._out: list[bytes | memoryview] = []
@@ -484,12 +485,13 @@ class Connection:
         self._finish(err, err)
 
     def _on_data(self, data: bytes) -> None:
-        """Bytes from the socket: decode and dispatch; nothing raised escapes to asyncio."""
+        """Bytes from the socket: decode and dispatch; nothing raised escapes to asyncio.
+
+        (After the connection is finished its decoder is paused, so late bytes are only kept.)
+        """
         self._rx = True
-        if self._state == _ST_CLOSED:
-            return
         try:
-            self._decoder.feed(data)
+            self._feed(data)
         except FrameError as exc:
             self._protocol_error(FrameError(f"{self._where} sent invalid AMQP: {exc}"))
         except Exception as exc:  # a bug in our dispatch: close rather than leave a hole
