@@ -237,7 +237,7 @@ def bulk_publish(exchange: str, routing_key: str, bodies: list[bytes], count: in
                  timeout: float = 120.0) -> float:
     """Publish ``count`` messages (cycling ``bodies``) with our own protocol client and publisher
     confirms, pipelined 2,000 deep; returns the seconds it took. Used to prefill queues."""
-    from kazoo_amqp.amqp.protocol import Connection
+    from kazoo_amqp.amqp.connection import Connection
 
     async def run() -> float:
         conn = await Connection.connect(host=AMQP_HOST, port=AMQP_PORT, user=AMQP_USER,

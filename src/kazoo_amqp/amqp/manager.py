@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.amqp.consumers import Consumers, Dispatcher
 from kazoo_amqp.amqp.links import ConnectFn, EventSink, LinkSupervisor
-from kazoo_amqp.amqp.protocol import Connection
 from kazoo_amqp.amqp.publisher import Done, OnFailed, Publisher
 from kazoo_amqp.amqp.replies import Replies
 from kazoo_amqp.core.config import Settings

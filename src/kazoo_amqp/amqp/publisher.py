@@ -51,8 +51,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kazoo_amqp.amqp.channel import Channel, Returned
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.amqp.links import Link
-from kazoo_amqp.amqp.protocol import Channel, Connection, Returned
 from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.headers import parse_headers, rejected_segments
