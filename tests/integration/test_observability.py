@@ -320,3 +320,31 @@ def test_a_bad_http_listen_value_is_refused_by_check_config(tmp_path: Path) -> N
     )  # fmt: skip
     assert done.returncode == 2
     assert "http_listen" in done.stderr and "HOST:PORT" in done.stderr
+
+
+def test_ready_is_503_with_the_reason_while_no_broker_is_connected(tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    d = DaemonProcess(
+        tmp_path,
+        "",
+        config={
+            "http_listen": "127.0.0.1:0",
+            "amqp_connection": [f"amqp://guest:guest@127.0.0.1:{port}"],
+            "routes": "",  # no routes: nothing to subscribe
+        },
+    )
+    d.start(wait_broker=False)
+    try:
+        base = d.status()["http"]
+        status, _, body = _get(base + "ready")
+        health, _, _ = _get(base + "health")
+    finally:
+        assert d.stop() == 0, d.logs()
+    assert status == 503 and health == 200
+    doc = json.loads(body)
+    assert doc["status"] == "not ready"
+    assert any("no primary-zone broker is connected" in r for r in doc["reasons"]), doc
+    assert any(f"127.0.0.1:{port}" in r for r in doc["reasons"]), doc

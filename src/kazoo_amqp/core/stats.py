@@ -105,28 +105,35 @@ class HistogramSet:
         self.by_labels: dict[tuple[str, ...], Histogram] = {}
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
+        self.get(labels).observe(value)
+
+    def get(self, labels: tuple[str, ...]) -> Histogram:
+        """The histogram of ``labels`` (created empty on first use; the object stays the same
+        across :meth:`drain`, so a hot path may keep a reference to it)."""
         h = self.by_labels.get(labels)
         if h is None:
             h = self.by_labels[labels] = Histogram(self.bounds)
-        h.observe(value)
+        return h
 
     def __bool__(self) -> bool:
-        return bool(self.by_labels)
+        return any(any(h.counts) for h in self.by_labels.values())
 
     def __iter__(self) -> Iterator[tuple[tuple[str, ...], Histogram]]:
         return iter(list(self.by_labels.items()))
 
     def drain(self) -> list[tuple[list[str], list[int], float]]:
-        """Return every histogram as ``(labels, counts, sum)`` and start again from zero."""
-        out = [(list(k), h.counts, h.sum) for k, h in self.by_labels.items()]
-        self.by_labels = {}
+        """Return the histograms with observations as ``(labels, counts, sum)`` and reset them
+        to zero in place."""
+        out: list[tuple[list[str], list[int], float]] = []
+        for k, h in self.by_labels.items():
+            if any(h.counts):
+                out.append((list(k), h.counts, h.sum))
+                h.counts = [0] * len(h.counts)
+                h.sum = 0.0
         return out
 
     def merge(self, labels: tuple[str, ...], counts: list[int], total: float) -> None:
-        h = self.by_labels.get(labels)
-        if h is None:
-            h = self.by_labels[labels] = Histogram(self.bounds)
-        h.add(counts, total)
+        self.get(labels).add(counts, total)
 
 
 class Recorder:

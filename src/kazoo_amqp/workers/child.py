@@ -11,9 +11,11 @@ Rules of the loop:
 * a handler that raises is logged with the message identity and reported ``HANDLER_ERROR``;
 * outcomes are written at the end of each batch, and at least every 50 ms during a long batch,
   so the manager can tell a slow handler from a hung one;
-* with metrics on (``stats``), each route's run time is recorded by route name and outcome and
-  sent as an ``M`` frame after a batch, at most once per ``STATS_EVERY`` s (and within that
-  time after the last batch, so an idle worker's numbers still arrive);
+* with metrics on (``stats``), the time each delivery took (parse, route, run; from the end of
+  the previous frame, so one clock read per delivery, the one the loop makes anyway) is recorded
+  by route name and outcome and sent as an ``M`` frame after a batch, at most once per
+  ``STATS_EVERY`` s (and within that time after the last batch, so an idle worker's numbers
+  still arrive); deliveries that ran no route (bad message, no route) are not recorded;
 * with JSON logs, ``core.logctx`` holds the message's identity while a route runs (the text
   format does not show it, so it is not set then);
 * EOF on the pipe (the manager is gone) or a stop frame ends the process.
@@ -34,7 +36,7 @@ from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.message import augment_received
 from kazoo_amqp.core.route_names import CONSUMER_EVENT, candidates
-from kazoo_amqp.core.stats import HistogramSet
+from kazoo_amqp.core.stats import Histogram, HistogramSet
 from kazoo_amqp.errors import BadPayload, KazooError
 from kazoo_amqp.workers.context import Kz, Services
 from kazoo_amqp.workers.router import Router
@@ -44,7 +46,6 @@ log = logging.getLogger("kazoo_amqp.worker")
 _FLUSH_EVERY = 0.05
 #: seconds between two handler-duration reports (``M`` frames) of a busy worker
 STATS_EVERY = 1.0
-_OK, _ERROR = ("ok",), ("error",)
 
 
 class WorkerServices(Services, Protocol):
@@ -83,6 +84,11 @@ class Worker:
         #: handler durations by (route, "ok"|"error"); None when metrics are off
         self.stats = stats
         self._stats_sent = time.monotonic()
+        self._stats_dirty = False
+        #: route name -> (ok, error) histograms of ``stats`` (the objects survive a drain)
+        self._hists: dict[str, tuple[Histogram, Histogram]] = {}
+        #: the route run by the last handled frame, None when none ran
+        self.last_route: str | None = None
         self._identity = settings.log_format == "json"
         self.settings = settings
         self.router = router
@@ -98,6 +104,7 @@ class Worker:
     # -- one message ------------------------------------------------------------------
     def handle_delivery(self, d: pipe.DeliveryFrame, now: int) -> int:
         self.services.current_seq = d.seq
+        self.last_route = None
         try:
             doc = jsonc.loads_object(d.body)
         except BadPayload as exc:
@@ -125,6 +132,7 @@ class Worker:
 
     def handle_event(self, e: pipe.EventFrame | pipe.NamedEventFrame) -> int:
         self.services.current_seq = e.seq
+        self.last_route = None
         try:
             doc = jsonc.loads_object(e.body)
         except BadPayload as exc:  # pragma: no cover - we build these ourselves
@@ -182,15 +190,12 @@ class Worker:
                 route=name,
                 worker=self.index,
             )
-        stats = self.stats
-        started = time.perf_counter() if stats is not None else 0.0
+        self.last_route = name
         try:
             result = handler(kz)
             if inspect.isawaitable(result):
                 self._event_loop().run_until_complete(result)
         except Exception as exc:
-            if stats is not None:
-                stats.observe((name, *_ERROR), time.perf_counter() - started)
             self.services.discard(self.services.current_seq)
             level = logging.WARNING if isinstance(exc, KazooError) else logging.ERROR
             log.log(
@@ -209,8 +214,6 @@ class Worker:
         finally:
             if identity:
                 logctx.clear()
-        if stats is not None:
-            stats.observe((name, *_OK), time.perf_counter() - started)
         return self._count(pipe.Outcome.DONE)
 
     def _count(self, outcome: pipe.Outcome) -> int:
@@ -233,19 +236,64 @@ class Worker:
             error = int(pipe.Outcome.HANDLER_ERROR)
             outcomes = [(seq, error if seq in failed else code) for seq, code in outcomes]
         frame = pipe.encode_outcomes(outcomes)
-        if self.stats and time.monotonic() - self._stats_sent >= STATS_EVERY:
+        if self._stats_dirty and time.monotonic() - self._stats_sent >= STATS_EVERY:
             frame += self._stats_frame()
         sock.sendall(frame)
 
     def _stats_frame(self) -> bytes:
         assert self.stats is not None
         self._stats_sent = time.monotonic()
+        self._stats_dirty = False
         rows = [(lab[0], lab[1], counts, total) for lab, counts, total in self.stats.drain()]
         return pipe.encode_stats(rows)
 
     def _recv_timeout_ms(self) -> int:
         """Milliseconds until the pending handler stats are due."""
         return max(0, int((STATS_EVERY - (time.monotonic() - self._stats_sent)) * 1000)) + 1
+
+    def _observe(self, route: str, code: int, seconds: float) -> None:
+        hists = self._hists.get(route)
+        if hists is None:
+            assert self.stats is not None
+            hists = self._hists[route] = (
+                self.stats.get((route, "ok")),
+                self.stats.get((route, "error")),
+            )
+        hists[code != 0].observe(seconds)  # DONE is 0, HANDLER_ERROR 1
+        self._stats_dirty = True
+
+    def handle_frames(self, frames: list[bytes], sock: socket.socket) -> bool:
+        """Handle one read's frames and write their outcomes; False after a stop frame."""
+        record = self.stats is not None
+        outcomes: list[tuple[int, int]] = []
+        mark = last_flush = time.monotonic()
+        now = int(time.time())
+        for frame in frames:
+            msg = pipe.decode_to_worker(frame)
+            if isinstance(msg, pipe.DeliveryFrame):
+                code = self.handle_delivery(msg, now)
+            elif isinstance(msg, pipe.EventFrame | pipe.NamedEventFrame):
+                code = self.handle_event(msg)
+            elif isinstance(msg, pipe.InitFrame):
+                self.bindings, self.zones = msg.bindings, msg.zones
+                continue
+            else:
+                if outcomes:
+                    self._send(sock, outcomes)
+                return False
+            outcomes.append((msg.seq, code))
+            mono = time.monotonic()
+            if record and self.last_route is not None:
+                self._observe(self.last_route, code, mono - mark)
+            mark = mono
+            if mono - last_flush > _FLUSH_EVERY:
+                self._send(sock, outcomes)
+                outcomes = []
+                mark = last_flush = time.monotonic()
+                now = int(time.time())
+        if outcomes:
+            self._send(sock, outcomes)
+        return True
 
     def serve(self, sock: socket.socket) -> None:
         decoder = FrameDecoder()
@@ -256,7 +304,7 @@ class Worker:
             try:
                 # With handler stats pending, wait no longer than they are due (one poll per
                 # batch, only with metrics on).
-                if self.stats and not poller.poll(self._recv_timeout_ms()):
+                if self._stats_dirty and not poller.poll(self._recv_timeout_ms()):
                     sock.sendall(self._stats_frame())
                     continue
                 data = sock.recv(1 << 18)
@@ -264,29 +312,5 @@ class Worker:
                 continue
             except OSError:
                 return
-            if not data:
+            if not data or not self.handle_frames(decoder.feed(data), sock):
                 return
-            outcomes: list[tuple[int, int]] = []
-            last_flush = time.monotonic()
-            now = int(time.time())
-            for frame in decoder.feed(data):
-                msg = pipe.decode_to_worker(frame)
-                if isinstance(msg, pipe.DeliveryFrame):
-                    outcomes.append((msg.seq, self.handle_delivery(msg, now)))
-                elif isinstance(msg, pipe.EventFrame | pipe.NamedEventFrame):
-                    outcomes.append((msg.seq, self.handle_event(msg)))
-                elif isinstance(msg, pipe.InitFrame):
-                    self.bindings, self.zones = msg.bindings, msg.zones
-                    continue
-                else:
-                    if outcomes:
-                        self._send(sock, outcomes)
-                    return
-                mono = time.monotonic()
-                if mono - last_flush > _FLUSH_EVERY:
-                    self._send(sock, outcomes)
-                    outcomes = []
-                    last_flush = mono
-                    now = int(time.time())
-            if outcomes:
-                self._send(sock, outcomes)
