@@ -2,7 +2,7 @@
 
     kazoo-amqp run --config FILE
     kazoo-amqp check-config --config FILE
-    kazoo-amqp publish EXCHANGE ROUTING_KEY PAYLOAD [--headers H]
+    kazoo-amqp publish EXCHANGE ROUTING_KEY PAYLOAD [--headers H] [--confirm] [--[no-]persistent]
     kazoo-amqp query EXCHANGE ROUTING_KEY PAYLOAD [--timeout-ms N] [--headers H]
     kazoo-amqp pua-publish PAYLOAD [--package P]
     kazoo-amqp encode TEXT
@@ -157,6 +157,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             args.payload,
             headers=args.headers,
             mandatory=args.mandatory,
+            confirm=args.confirm,
+            persistent=args.persistent,
         ),
         lambda s: asyncio.run(
             _direct_manager(
@@ -167,6 +169,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     args.payload,
                     args.headers,
                     mandatory=args.mandatory,
+                    persistent=bool(args.persistent),
                 ),
             )
         ),
@@ -296,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="fail (exit 5) when no queue is bound for the routing key",
         )
         p.add_argument("--socket", help="daemon socket (default: from the config)")
+        if name == "publish":
+            p.add_argument(
+                "--confirm",
+                action="store_true",
+                help="wait for the broker's confirm (exit non-zero on its error); default: "
+                "return once the daemon accepted the message",
+            )
+            p.add_argument(
+                "--persistent",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="delivery mode 2 (--persistent) or 1 (--no-persistent); default: the daemon's",
+            )
         if name == "query":
             p.add_argument("--timeout-ms", type=int, default=None)
     p = add("pua-publish", cmd_pua_publish, "write presence state from a JSON update")

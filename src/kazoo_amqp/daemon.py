@@ -103,31 +103,25 @@ class DaemonBackend:
         self._presence: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str,
-        headers: str | None,
-        *,
-        mandatory: bool = False,
-    ) -> dict[str, Any]:
-        return await self.daemon.manager.publish(
-            exchange, routing_key, payload, headers, mandatory=mandatory
-        )
-
-    def publish_cb(
+    def submit(
         self,
         exchange: str,
         routing_key: str,
         payload: str | dict[str, Any],
-        headers: str | None,
+        headers: str | None = None,
         *,
         mandatory: bool = False,
-        done: Any,
-    ) -> None:
-        self.daemon.manager.publish_cb(
-            exchange, routing_key, payload, headers, mandatory=mandatory, done=done
+        persistent: bool | None = None,
+        done: Any = None,
+    ) -> str:
+        return self.daemon.manager.submit(
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            mandatory=mandatory,
+            persistent=persistent,
+            done=done,
         )
 
     async def query(

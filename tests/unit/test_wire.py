@@ -10,6 +10,7 @@ import pytest
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.wire import (
     BadRequest,
+    PublishItem,
     Request,
     decode_request,
     decode_response,
@@ -68,6 +69,56 @@ ROUND_TRIPS = [
     ),
     ("status", {}, Request(1, "status")),
     ("ping", {}, Request(1, "ping")),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "confirm": True},
+        Request(1, "publish", "e", "r", "{}", confirm=True),
+    ),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "persistent": True},
+        Request(1, "publish", "e", "r", "{}", persistent=True),
+    ),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": {}, "persistent": False, "confirm": False},
+        Request(1, "publish", "e", "r", {}, persistent=False),
+    ),
+    (
+        "query",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "timeout_ms": 600_000},
+        Request(1, "query", "e", "r", "{}", timeout_ms=600_000),
+    ),
+    (
+        "publish_batch",
+        {
+            "messages": [
+                {"exchange": "a", "routing_key": "1", "payload": "{}"},
+                {"exchange": "b", "routing_key": "2", "payload": {}, "confirm": False},
+                {"exchange": "c", "routing_key": "3", "payload": "{}", "persistent": True},
+            ],
+            "confirm": True,
+        },
+        Request(
+            1,
+            "publish_batch",
+            messages=(
+                PublishItem("a", "1", "{}", None, False, True),
+                PublishItem("b", "2", {}, None, False, False),
+                PublishItem("c", "3", "{}", None, False, True, True),
+            ),
+            confirm=True,
+        ),
+    ),
+    (
+        "publish_batch",
+        {"messages": [{"exchange": "a", "routing_key": "1", "payload": "{}", "confirm": True}]},
+        Request(
+            1,
+            "publish_batch",
+            messages=(PublishItem("a", "1", "{}", None, False, True),),
+        ),
+    ),
 ]
 
 
@@ -85,6 +136,12 @@ def test_request_is_compact_utf8_json() -> None:
 def test_optional_fields_may_be_left_out_and_unknown_fields_are_ignored() -> None:
     req = decode_request(obj(id=9, op="publish", exchange="e", routing_key="r", payload="{}", x=1))
     assert req == Request(9, "publish", "e", "r", "{}")
+
+
+def test_a_request_from_an_older_client_decodes_with_the_accept_defaults() -> None:
+    # No confirm/persistent fields: accept semantics and the daemon's default delivery mode.
+    req = decode_request(obj(id=2, op="publish", exchange="e", routing_key="r", payload="{}"))
+    assert (req.confirm, req.persistent, req.mandatory) == (False, None, False)
 
 
 def test_lone_surrogate_in_a_request_is_bad_payload() -> None:
@@ -125,14 +182,54 @@ BAD_REQUESTS = [
     (
         "timeout-str",
         obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms="5"),
-        "'timeout_ms' must be a non-negative integer or null",
+        "'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS",
         9,
     ),
     (
         "timeout-negative",
         obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms=-1),
-        "'timeout_ms' must be a non-negative integer",
+        "'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS",
         9,
+    ),
+    (
+        "timeout-over-the-limit",
+        obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms=10**12),
+        r"'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS \(600000\)",
+        9,
+    ),
+    (
+        "deeply-nested",
+        b'{"id":1,"op":"publish","payload":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "nests JSON arrays/objects too deeply",
+        None,
+    ),
+    (
+        "confirm-not-bool",
+        obj(id=11, op="publish", exchange="e", routing_key="r", payload="{}", confirm=1),
+        "'confirm' must be true or false",
+        11,
+    ),
+    (
+        "persistent-not-bool",
+        obj(id=12, op="publish", exchange="e", routing_key="r", payload="{}", persistent="y"),
+        "'persistent' must be true, false or null",
+        12,
+    ),
+    (
+        "batch-confirm-not-bool",
+        obj(id=13, op="publish_batch", messages=[{}], confirm="yes"),
+        "'confirm' must be true or false",
+        13,
+    ),
+    (
+        "batch-message-persistent-not-bool",
+        obj(
+            id=14,
+            op="publish_batch",
+            messages=[{"exchange": "e", "routing_key": "r", "payload": "{}", "persistent": 2}],
+        ),
+        "publish_batch message 0 of request 14: 'persistent' must be true, false or null",
+        14,
     ),
     (
         "bad-package",

@@ -138,6 +138,7 @@ class Manager:
         self.counters: dict[str, int] = {
             "published": 0,
             "publish_failed": 0,
+            "publish_failed_after_accept": 0,
             "publish_retried": 0,
             "buffered": 0,
             "buffer_rejected": 0,
@@ -577,6 +578,7 @@ class Manager:
         headers: str | None = None,
         *,
         mandatory: bool = False,
+        persistent: bool = False,
     ) -> dict[str, Any]:
         """kazoo_publish: returns after the broker confirmed the message (see ``publish_cb``)."""
         result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -589,7 +591,15 @@ class Manager:
             else:
                 result.set_exception(exc)
 
-        self.publish_cb(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
+        self.publish_cb(
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            mandatory=mandatory,
+            persistent=persistent,
+            done=done,
+        )
         return await result
 
     def publish_cb(
@@ -600,8 +610,9 @@ class Manager:
         headers: str | None = None,
         *,
         mandatory: bool = False,
+        persistent: bool = False,
         done: Callable[[dict[str, Any] | None, BaseException | None], None],
-    ) -> None:
+    ) -> str:
         """Publish and call ``done(result, None)`` once the broker confirmed, or ``done(None,
         error)``; validation errors raise at once. The hot path of the socket server.
 
@@ -615,8 +626,10 @@ class Manager:
         doc, target, key, hdrs, msg_id = self._prepare(payload, routing_key, headers)
         link = self._pick(target)
         if link is None:
-            self._slow_publish(done, exchange, key, doc, hdrs, target, msg_id, mandatory)
-            return
+            self._slow_publish(
+                done, exchange, key, doc, hdrs, target, msg_id, mandatory, persistent
+            )
+            return msg_id
         body = self._body(doc, link)
         counters = self.counters
         server_id = link.spec.server_id
@@ -627,14 +640,22 @@ class Manager:
                 done({"msg_id": msg_id, "server_id": server_id}, None)
             elif isinstance(exc, NotConnected):
                 counters["publish_retried"] += 1
-                self._slow_publish(done, exchange, key, doc, hdrs, target, msg_id, mandatory)
+                self._slow_publish(
+                    done, exchange, key, doc, hdrs, target, msg_id, mandatory, persistent
+                )
             else:
                 counters["publish_failed"] += 1
                 done(None, exc)
 
         assert link.channel is not None
         confirm = link.channel.publish(
-            exchange, key, body, headers=hdrs or None, mandatory=mandatory, on_confirm=confirmed
+            exchange,
+            key,
+            body,
+            headers=hdrs or None,
+            mandatory=mandatory,
+            persistent=persistent,
+            on_confirm=confirmed,
         )
         if confirm is not None:
             self._confirm_deadlines.append(
@@ -644,6 +665,50 @@ class Manager:
                 self._sweeper = asyncio.get_running_loop().create_task(
                     self._sweep_confirms(), name="confirm-sweeper"
                 )
+        return msg_id
+
+    def submit(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
+        persistent: bool | None = None,
+        done: Callable[[dict[str, Any] | None, BaseException | None], None] | None = None,
+    ) -> str:
+        """Validate and accept one publish; return its Msg-ID (the socket server's only entry).
+
+        ``done``: called once with the confirm's result or the final error. Without it, a
+        failure after acceptance is logged with the message's identity and counted
+        (``publish_failed_after_accept``); nobody waits for it.
+        """
+        # merge: replaced by amqp/publisher.py
+        if done is None:
+
+            def done(result: dict[str, Any] | None, exc: BaseException | None) -> None:
+                if exc is not None:
+                    self.counters["publish_failed_after_accept"] += 1
+                    log.warning(
+                        "publish %s to exchange %r routing key %r failed after it was accepted: %s",
+                        msg_ids[0],
+                        exchange,
+                        routing_key,
+                        exc,
+                    )
+
+        msg_ids = [""]
+        msg_ids[0] = self.publish_cb(
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            mandatory=mandatory,
+            persistent=bool(persistent),
+            done=done,
+        )
+        return msg_ids[0]
 
     def _body(self, doc: dict[str, Any], link: BrokerLink) -> bytes:
         """The wire body for ``link``: with that broker's Server-ID unless the caller set one.
@@ -667,11 +732,19 @@ class Manager:
         target: int | None,
         msg_id: str,
         mandatory: bool,
+        persistent: bool = False,
     ) -> None:
         async def run() -> None:
             try:
                 link = await self._send(
-                    exchange, key, doc, hdrs, target, wait_confirm=True, mandatory=mandatory
+                    exchange,
+                    key,
+                    doc,
+                    hdrs,
+                    target,
+                    wait_confirm=True,
+                    mandatory=mandatory,
+                    persistent=persistent,
                 )
             except asyncio.CancelledError:
                 done(None, ShuttingDown("the daemon is stopping; the publish was abandoned"))
@@ -763,6 +836,7 @@ class Manager:
         wait_confirm: bool,
         reply: asyncio.Future[str] | None = None,
         mandatory: bool = False,
+        persistent: bool = False,
     ) -> BrokerLink:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -775,7 +849,12 @@ class Manager:
             body = self._body(doc, link)
             assert link.channel is not None
             confirm = link.channel.publish(
-                exchange, key, body, headers=hdrs or None, mandatory=mandatory
+                exchange,
+                key,
+                body,
+                headers=hdrs or None,
+                mandatory=mandatory,
+                persistent=persistent,
             )
             if confirm is None:  # pragma: no cover - our publish channels always confirm
                 return link
