@@ -724,3 +724,128 @@ def test_status_includes_ipc_counters(threaded: ThreadedServer, sock_path: str) 
     assert status.result["ipc"]["malformed_frames"] == 1
     assert status.result["ipc"]["requests"] == {"status": 1}
     sock.close()
+
+
+# ====================================================================== publish semantics
+
+
+async def test_accepted_publish_returns_before_the_confirm(served: Any, sock_path: str) -> None:
+    _, backend = served
+    async with AsyncClient(sock_path) as kz:
+        result = await asyncio.wait_for(kz.publish("e", "block", {"a": 1}), 2)
+        assert result == {"msg_id": "m-1"}
+        assert backend.started.is_set()  # the confirm is still outstanding
+        assert backend.options[-1] == {"mandatory": False, "persistent": None, "confirm": False}
+        backend.release.set()  # type: ignore[union-attr]
+
+
+async def test_confirmed_publish_returns_after_the_confirm(served: Any, sock_path: str) -> None:
+    _, backend = served
+    async with AsyncClient(sock_path) as kz:
+        call = asyncio.create_task(kz.publish("e", "block", {}, confirm=True, persistent=True))
+        await asyncio.to_thread(backend.started.wait, 5)
+        await asyncio.sleep(0.05)
+        assert not call.done()  # waits for the broker
+        backend.release.set()  # type: ignore[union-attr]
+        result = await asyncio.wait_for(call, 2)
+        assert result["msg_id"] == "m-1" and result["server_id"] == "zone-local"
+        assert backend.options[-1] == {"mandatory": False, "persistent": True, "confirm": True}
+
+
+def test_failure_after_acceptance_is_not_raised_to_the_accept_mode_caller(
+    make_client: Callable[..., Client], threaded: ThreadedServer
+) -> None:
+    kz = make_client()
+    assert kz.publish("e", "fail.typed", {}) == {"msg_id": "m-1"}
+    with pytest.raises(PublishFailed, match="nacked"):
+        kz.publish("e", "fail.typed", {}, confirm=True)
+    for _ in range(100):
+        if threaded.backend.failed_after_accept:
+            break
+        time.sleep(0.01)
+    # the backend (the daemon's publisher) owns it: see test_connector for the counter and log
+    [(msg_id, exc)] = threaded.backend.failed_after_accept
+    assert msg_id == "m-1" and isinstance(exc, PublishFailed)
+
+
+async def test_batch_results_per_message(served: Any, sock_path: str) -> None:
+    _, backend = served
+    messages: list[Any] = [
+        ("e", "ok.1", {}),
+        ("e", "bad.sync", {}),
+        ("e", "fail.bug", {}),
+        {"exchange": "e", "routing_key": "fail.typed", "payload": "{}"},
+        {"exchange": "e", "routing_key": "fail.typed", "payload": "{}", "confirm": True},
+        {"exchange": "e", "routing_key": "sleep.0.05", "payload": {}, "persistent": False},
+    ]
+    async with AsyncClient(sock_path) as kz:
+        results = await kz.publish_batch(messages)
+        assert results[0] == {"msg_id": "m-1"}
+        assert isinstance(results[1], BadRoutingKey)
+        assert type(results[2]) is KazooError and "RuntimeError: boom" in str(results[2])
+        assert results[3] == {"msg_id": "m-2"}  # accepted; the nack is the daemon's to log
+        assert isinstance(results[4], PublishFailed)  # this one asked for the confirm
+        assert results[5] == {"msg_id": "m-4"}
+        confirmed = await kz.publish_batch(messages[:1] + messages[5:], confirm=True)
+        assert [r["server_id"] for r in confirmed] == ["zone-local", "zone-local"]  # type: ignore[index]
+    assert backend.options[3]["persistent"] is False
+
+
+async def test_typed_errors_and_their_attributes_survive_the_socket(
+    served: Any, sock_path: str
+) -> None:
+    async with AsyncClient(sock_path) as kz:
+        with pytest.raises(QueryTimeout) as info:
+            await kz.query("e", "no-reply", {}, timeout_ms=250)
+        assert info.value.timeout_ms == 250
+        with pytest.raises(BadRoutingKey, match="pick another"):
+            await kz.publish("e", "bad.sync", {})
+
+
+def test_timeout_ms_over_the_limit_is_refused_by_name(
+    make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
+) -> None:
+    kz = make_client()
+    with pytest.raises(UsageError, match=r"MAX_TIMEOUT_MS"):
+        kz.query("e", "r", {}, timeout_ms=10**9)
+    sock = raw_connect(sock_path)  # a client that skips the check gets the daemon's answer
+    sock.sendall(
+        encode_request(4, "query", exchange="e", routing_key="r", payload="{}", timeout_ms=10**9)
+        + encode_request(5, "ping")
+    )
+    refused, pong = read_responses(sock, 2)
+    assert (refused.id, refused.error_type) == (4, "ProtocolError")
+    assert "MAX_TIMEOUT_MS (600000)" in refused.error_message
+    assert (pong.id, pong.result) == (5, True)
+    sock.close()
+
+
+async def test_deeply_nested_json_gets_a_typed_error_and_the_connection_goes_on(
+    served: Any, sock_path: str
+) -> None:
+    sock = raw_connect(sock_path)
+    deep = b'{"id":3,"op":"publish","payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    sock.sendall(encode_frame(deep) + encode_request(4, "ping"))
+    nested, pong = await async_read_responses(sock, 2)
+    assert nested.error_type == "ProtocolError" and "too deeply" in nested.error_message
+    assert (pong.id, pong.result) == (4, True)
+    sock.close()
+
+
+async def test_replies_queued_before_a_broken_length_prefix_are_still_sent(
+    served: Any, sock_path: str
+) -> None:
+    sock = raw_connect(sock_path)
+    sock.sendall(
+        encode_request(
+            1, "publish", exchange="e", routing_key="sleep.0.1", payload="{}", confirm=True
+        )
+        + encode_request(2, "publish", exchange="e", routing_key="r", payload="{}")
+        + b"\xff\xff\xff\xff"
+    )
+    responses = await async_read_responses(sock, 10)  # until the server closes
+    by_id = {r.id: r for r in responses}
+    assert by_id[2].result == {"msg_id": "m-2"}
+    assert by_id[None].error_type == "ProtocolError"
+    assert by_id[1].ok and by_id[1].result["confirmed"]  # answered before the close
+    sock.close()
