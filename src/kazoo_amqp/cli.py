@@ -89,7 +89,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.config or os.environ.get("KAZOO_AMQP_CONFIG") or DEFAULT_CONFIG
     )
     daemon = Daemon(settings, config_path)
-    return asyncio.run(daemon.run())
+    return _run_loop(daemon.run(), getattr(args, "loop", "auto"))
+
+
+def _run_loop(main: Any, choice: str) -> int:
+    """Run ``main`` on the chosen event loop (see docs/performance.md for why uvloop)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise UsageError(
+                    "--loop uvloop: uvloop is not installed; pip install uvloop or use "
+                    "--loop asyncio"
+                ) from None
+        else:
+            result: int = uvloop.run(main)
+            return result
+    return asyncio.run(main)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -282,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("run", cmd_run, "run the daemon")
+    p = add("run", cmd_run, "run the daemon")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop (libuv) when installed (auto, the default), or the "
+        "standard asyncio loop",
+    )
     add("check-config", cmd_check_config, "validate the config and routes without connecting")
     for name, func, help_ in (
         ("publish", cmd_publish, "publish a JSON message"),

@@ -14,6 +14,7 @@ from kazoo_amqp.core.wire import (
     Request,
     decode_request,
     decode_response,
+    encode_publish,
     encode_request,
     encode_response_error,
     encode_response_ok,
@@ -329,3 +330,52 @@ def test_bad_responses_raise_protocol_error(frame: bytes, message: str) -> None:
 def test_error_of_an_ok_response_is_a_bug() -> None:
     with pytest.raises(ValueError):
         decode_response(obj(id=1, ok=True, result=1)).error()
+
+
+# ------------------------------------------------------------------ fast paths give the same bytes
+
+orjson = pytest.importorskip("orjson")
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "payload"),
+    [
+        ("callmgr", "route.req", '{"a":1}'),
+        ("é", 'quo"te\\', '{"x": "a\\/b", "n": 1.50, "t": "\\u00e9\\n"}'),
+        ("", "", ""),
+    ],
+)
+def test_encode_publish_gives_the_bytes_of_encode_request(
+    exchange: str, routing_key: str, payload: str
+) -> None:
+    assert encode_publish(7, exchange, routing_key, payload) == encode_request(
+        7, "publish", exchange=exchange, routing_key=routing_key, payload=payload
+    )
+
+
+def test_encode_publish_refuses_a_lone_surrogate() -> None:
+    with pytest.raises(BadPayload, match="surrogate"):
+        encode_publish(1, "e", "r", '{"a":"\ud800"}')
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"msg_id": "0123-é"}, {"msg_id": 'q"\\'}, {"msg_id": "m", "server_id": 1}, [1, {"a": None}]],
+)
+def test_response_fast_paths_give_the_standard_json(result: Any) -> None:
+    for dumps in (None, orjson.dumps):
+        frame = unframe(encode_response_ok(3, result, dumps))
+        assert json.loads(frame) == {"id": 3, "ok": True, "result": result}
+
+
+def test_big_integers_in_a_payload_object_survive_decoding() -> None:
+    big = obj(id=1, op="publish", exchange="e", routing_key="r", payload={"n": 10**30})
+    assert decode_request(big).payload == {"n": 10**30}
+
+
+def test_replies_orjson_refuses_are_still_encoded_like_json() -> None:
+    assert encode_response_ok(1, {"n": 10**30}, orjson.dumps) == encode_response_ok(
+        1, {"n": 10**30}
+    )
+    with pytest.raises(BadPayload, match="surrogate"):
+        encode_response_ok(1, {"s": "\ud800"}, orjson.dumps)

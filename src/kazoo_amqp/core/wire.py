@@ -71,6 +71,7 @@ __all__ = [
     "Response",
     "decode_request",
     "decode_response",
+    "encode_publish",
     "encode_request",
     "encode_response_error",
     "encode_response_ok",
@@ -88,6 +89,8 @@ MAX_TIMEOUT_MS: Final = 600_000
 PUA_PACKAGES: Final = frozenset({"presence", "dialog", "message-summary"})
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: JSON string literal of a str, non-ASCII kept (the C helper behind ``_dumps``).
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 _loads = json.loads
 
 
@@ -170,6 +173,32 @@ def _frame_json(obj: dict[str, Any]) -> bytes:
         ) from None
 
 
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadPayload(
+            f"text is not valid Unicode (a lone surrogate at position {exc.start}); "
+            "it cannot be sent as UTF-8"
+        ) from None
+
+
+def encode_publish(id: int, exchange: str, routing_key: str, payload: str) -> bytes:
+    """The framed ``publish`` request of the common shape (no optional field, text payload):
+    the same bytes as :func:`encode_request` would give, built without a dict (the hot path of
+    every blocking caller).
+
+    Raises:
+        BadPayload: a string holds a lone surrogate.
+    """
+    return encode_frame(
+        _utf8(
+            f'{{"id":{id:d},"op":"publish","exchange":{_quote(exchange)},'
+            f'"routing_key":{_quote(routing_key)},"payload":{_quote(payload)}}}'
+        )
+    )
+
+
 def encode_request(id: int, op: str, **fields: Any) -> bytes:
     """Return the framed request ``{"id": id, "op": op, **fields}``.
 
@@ -227,12 +256,29 @@ def batch_results(items: list[Any]) -> list[dict[str, Any] | KazooError]:
     return out
 
 
-def encode_response_ok(id: int, result: Any) -> bytes:
+def encode_response_ok(
+    id: int, result: Any, dumps: Callable[[Any], bytes] | None = None
+) -> bytes:
     """Return the framed success response for request ``id``.
+
+    ``dumps``: a faster serialiser to try first (bytes out, compact, UTF-8); on any error the
+    standard one runs and says what is wrong. The accepted-publish result ``{"msg_id": str}``
+    is formatted directly (one per publish on the daemon's hot path).
 
     Raises:
         TypeError, ValueError: ``result`` is not JSON-serialisable.
     """
+    if type(result) is dict and len(result) == 1:
+        msg_id = result.get("msg_id")
+        if type(msg_id) is str:
+            return encode_frame(
+                _utf8(f'{{"id":{id:d},"ok":true,"result":{{"msg_id":{_quote(msg_id)}}}}}')
+            )
+    if dumps is not None:
+        try:
+            return encode_frame(dumps({"id": id, "ok": True, "result": result}))
+        except Exception:
+            pass  # the standard serialiser below says what is wrong
     return _frame_json({"id": id, "ok": True, "result": result})
 
 
@@ -261,9 +307,9 @@ def encode_response_error(id: int | None, exc: BaseException) -> bytes:
 # decoding
 
 
-def _parse_object(
-    frame: bytes, what: str, error: type[ProtocolError], loads: Callable[[str], Any] = _loads
-) -> dict[str, Any]:
+def _parse_object(frame: bytes, what: str, error: type[ProtocolError]) -> dict[str, Any]:
+    # The standard parser, on purpose: orjson would be ~1 us faster per request but turns
+    # integers over 64 bits into floats without a word (payload objects are user data).
     try:
         text = frame.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -271,7 +317,7 @@ def _parse_object(
             f"{what} frame is not valid UTF-8 (byte {exc.start}); frames hold UTF-8 JSON objects"
         ) from None
     try:
-        obj = loads(text)
+        obj = _loads(text)
     except ValueError as exc:
         raise error(f"{what} frame is not JSON: {exc}") from None
     except RecursionError:
@@ -368,8 +414,8 @@ def _publish_item(obj: dict[str, Any], request_id: int, where: str, confirm: boo
     )
 
 
-def decode_request(frame: bytes, loads: Callable[[str], Any] = _loads) -> Request:
-    """Parse and check one request frame's payload (``loads``: the JSON parser to use).
+def decode_request(frame: bytes) -> Request:
+    """Parse and check one request frame's payload.
 
     Raises:
         BadRequest: (a :class:`~kazoo_amqp.errors.ProtocolError`) the frame is not UTF-8, not
@@ -377,7 +423,7 @@ def decode_request(frame: bytes, loads: Callable[[str], Any] = _loads) -> Reques
             missing or unknown ``op``, a field of the wrong type, or a ``timeout_ms`` over
             :data:`MAX_TIMEOUT_MS`. ``request_id`` is set when the id could be read.
     """
-    obj = _parse_object(frame, "request", BadRequest, loads)
+    obj = _parse_object(frame, "request", BadRequest)
     request_id = obj.get("id")
     if type(request_id) is not int:
         if "id" not in obj:

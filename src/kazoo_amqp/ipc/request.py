@@ -31,6 +31,7 @@ from kazoo_amqp.core.wire import (
     Response,
     batch_results,
     decode_response,
+    encode_publish,
     encode_request,
 )
 from kazoo_amqp.errors import (
@@ -130,8 +131,14 @@ class Stream:
             BadPayload: a payload dict is not JSON-serialisable or holds a lone surrogate.
         """
         self._next_id = request_id = (self._next_id + 1) & _ID_MASK
+        fields = call.fields
+        if call.op == "publish" and len(fields) == 3 and type(fields["payload"]) is str:
+            # The common publish (text payload, no option): formatted without a dict walk.
+            return request_id, encode_publish(
+                request_id, fields["exchange"], fields["routing_key"], fields["payload"]
+            )
         try:
-            return request_id, encode_request(request_id, call.op, **call.fields)
+            return request_id, encode_request(request_id, call.op, **fields)
         except (TypeError, ValueError) as exc:
             raise BadPayload(f"payload cannot be serialised to JSON: {exc}") from None
         except RecursionError:

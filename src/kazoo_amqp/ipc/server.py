@@ -67,6 +67,23 @@ __all__ = ["Backend", "IpcServer", "IpcStats"]
 
 log = logging.getLogger(__name__)
 
+
+def _fast_dumps() -> Callable[[Any], bytes] | None:
+    """orjson's serialiser when installed (see docs/performance.md), tried first on replies
+    that are not an accepted publish; whatever it refuses (lone surrogates, integers over 64
+    bits) goes through the standard ``json`` path, which gives the same JSON or words the
+    error. Requests are parsed by the standard parser (orjson turns big integers into floats).
+    """
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency; kept optional for safety
+        return None
+    dumps: Callable[[Any], bytes] = orjson.dumps
+    return dumps
+
+
+_dumps = _fast_dumps()
+
 #: Malformed frames logged per connection; later ones are only counted.
 _MALFORMED_LOG_LIMIT = 10
 #: How long stop() waits for cancelled requests to send their ShuttingDown reply.
@@ -654,7 +671,7 @@ class _Connection(asyncio.Protocol):
         error, logged with its traceback."""
         if exc is None:
             try:
-                data = encode_response_ok(request_id, value)
+                data = encode_response_ok(request_id, value, _dumps)
             except Exception as err:
                 exc = err
             else:
