@@ -145,8 +145,9 @@ def main() -> int:
                     help="p4_batch: publish_batch calls in flight per process")
     ap.add_argument("--confirm", action="store_true",
                     help="every publish waits for the broker's confirm (the pre-accept semantics)")
-    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                    help="event loop of the daemon and of the AsyncClient processes")
+    ap.add_argument("--loop", choices=("default", "asyncio", "uvloop"), default="default",
+                    help="event loop of the daemon (`run --loop`; default: the daemon's own "
+                    "choice) and of the AsyncClient processes (asyncio unless uvloop)")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
     L.common_args(ap)
     a = ap.parse_args()
@@ -162,10 +163,12 @@ def main() -> int:
     broker = L.Broker()
     exchange = broker.exchange(L.unique("pub"))
     sink = broker.queue(exchange + ".sink", exchange=exchange, keys=["#"])
-    daemon = L.Daemon(ROUTES, workers=a.workers, name="publish", run_args=("--loop", a.loop))
+    run_args = () if a.loop == "default" else ("--loop", a.loop)
+    daemon = L.Daemon(ROUTES, workers=a.workers, name="publish", run_args=run_args)
     runs: dict[str, list[dict]] = {r: [] for r in RUNS}
     profile: dict | None = None
-    common = {"profile": False, "confirm": confirm, "loop": a.loop}
+    client_loop = "uvloop" if a.loop == "uvloop" else "asyncio"
+    common = {"profile": False, "confirm": confirm, "loop": client_loop}
     specs = {
         "p4_sync": dict(n=4 * n_sync, procs=a.procs, concurrency=1, sync=True),
         "p1_sync": dict(n=n_sync, procs=1, concurrency=1, sync=True),
@@ -193,7 +196,7 @@ def main() -> int:
             L.log("profiling rep (not counted)")
             r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
                          concurrency=a.concurrency, sync=False, profile=True,
-                         confirm=confirm, loop=a.loop)
+                         confirm=confirm, loop=client_loop)
             profile = {"run": {k: v for k, v in r.items() if k != "profile"},
                        "profiles": r.get("profile", [])}
         status = daemon.status()

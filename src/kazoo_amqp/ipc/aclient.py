@@ -15,7 +15,7 @@ import asyncio
 import heapq
 import os
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kazoo_amqp.aio import WriteCoalescer
 from kazoo_amqp.core.wire import Response
@@ -78,8 +78,8 @@ class _ClientProtocol(asyncio.Protocol):
             deadlines.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, so no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -47,7 +47,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from kazoo_amqp.aio import WriteCoalescer
 from kazoo_amqp.core.framing import FrameDecoder
@@ -412,8 +412,8 @@ class _Connection(asyncio.Protocol):
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, so no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
         self._server._connections.add(self)
         self._stats.connections += 1
         self._stats.open_connections += 1
