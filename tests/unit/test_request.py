@@ -190,3 +190,25 @@ def test_outcome_raises_the_typed_error_with_its_attributes() -> None:
             Response(1, False, None, "QueryTimeout", "no reply", {"timeout_ms": 800})
         )
     assert info.value.timeout_ms == 800
+
+
+def test_client_imports_only_the_standard_library_and_this_package() -> None:
+    """Kamailio's app_python3 has only this package on sys.path (no site-packages): Client,
+    and the request module it shares with AsyncClient, must import without asyncio or any
+    third-party module."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kazoo_amqp
+
+    src = str(Path(kazoo_amqp.__file__).resolve().parents[1])
+    code = (
+        f"import sys; sys.path.insert(0, {src!r}); from kazoo_amqp import Client; Client('/x'); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('asyncio', 'orjson', 'uvloop', 'pamqp')]; print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
