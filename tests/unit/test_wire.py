@@ -368,9 +368,42 @@ def test_response_fast_paths_give_the_standard_json(result: Any) -> None:
         assert json.loads(frame) == {"id": 3, "ok": True, "result": result}
 
 
-def test_big_integers_in_a_payload_object_survive_decoding() -> None:
-    big = obj(id=1, op="publish", exchange="e", routing_key="r", payload={"n": 10**30})
-    assert decode_request(big).payload == {"n": 10**30}
+@pytest.mark.parametrize(("op", "fields", "expected"), ROUND_TRIPS)
+def test_decoding_with_orjson_gives_the_same_requests(
+    op: str, fields: dict[str, Any], expected: Request
+) -> None:
+    assert decode_request(unframe(encode_request(1, op, **fields)), orjson.loads) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "message", "request_id"),
+    [b[1:] for b in BAD_REQUESTS],
+    ids=[b[0] for b in BAD_REQUESTS],
+)
+def test_decoding_with_orjson_words_errors_the_same(
+    frame: bytes, message: str, request_id: int | None
+) -> None:
+    with pytest.raises(BadRequest, match=message) as info:
+        decode_request(frame, orjson.loads)
+    assert info.value.request_id == request_id
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        obj(id=1, op="publish", exchange="e", routing_key="r", payload={"n": 10**30}),
+        obj(
+            id=1,
+            op="publish_batch",
+            messages=[{"exchange": "e", "routing_key": "r", "payload": {"n": [10**30]}}],
+        ),
+        obj(id=10**30, op="ping"),
+        b'{"id":1,"op":"publish","exchange":"\\ud800","routing_key":"r","payload":"{}"}',
+    ],
+    ids=["payload-object", "batch-payload-object", "big-id", "escaped-lone-surrogate"],
+)
+def test_what_orjson_would_read_differently_is_decoded_by_json(frame: bytes) -> None:
+    assert decode_request(frame, orjson.loads) == decode_request(frame)
 
 
 def test_replies_orjson_refuses_are_still_encoded_like_json() -> None:

@@ -68,21 +68,22 @@ __all__ = ["Backend", "IpcServer", "IpcStats"]
 log = logging.getLogger(__name__)
 
 
-def _fast_dumps() -> Callable[[Any], bytes] | None:
-    """orjson's serialiser when installed (see docs/performance.md), tried first on replies
-    that are not an accepted publish; whatever it refuses (lone surrogates, integers over 64
-    bits) goes through the standard ``json`` path, which gives the same JSON or words the
-    error. Requests are parsed by the standard parser (orjson turns big integers into floats).
+def _fast_json() -> tuple[Callable[[bytes], Any] | None, Callable[[Any], bytes] | None]:
+    """orjson's parser and serialiser when installed (see docs/performance.md: 3.7 -> 0.5 us
+    per publish request, 2.7 -> 0.7 us per query reply). ``core/wire.py`` uses them only where
+    the result cannot differ from the standard ``json`` module's, and falls back to it for
+    everything else (payload objects, big integers, lone surrogates, every error message).
     """
     try:
         import orjson
     except ImportError:  # pragma: no cover - orjson is a dependency; kept optional for safety
-        return None
+        return None, None
+    loads: Callable[[bytes], Any] = orjson.loads
     dumps: Callable[[Any], bytes] = orjson.dumps
-    return dumps
+    return loads, dumps
 
 
-_dumps = _fast_dumps()
+_loads, _dumps = _fast_json()
 
 #: Malformed frames logged per connection; later ones are only counted.
 _MALFORMED_LOG_LIMIT = 10
@@ -471,7 +472,7 @@ class _Connection(asyncio.Protocol):
 
     def _handle(self, frame: bytes) -> None:
         try:
-            req = decode_request(frame)
+            req = decode_request(frame, _loads)
         except BadRequest as exc:
             self._malformed(str(exc))
             self._send_error(exc.request_id, exc)
