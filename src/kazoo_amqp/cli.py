@@ -104,8 +104,10 @@ def _run_loop(main: Any, choice: str) -> int:
                     "--loop asyncio"
                 ) from None
         else:
+            logging.getLogger("kazoo_amqp.cli").info("event loop: uvloop %s", uvloop.__version__)
             result: int = uvloop.run(main)
             return result
+    logging.getLogger("kazoo_amqp.cli").info("event loop: asyncio")
     return asyncio.run(main)
 
 
