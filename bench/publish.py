@@ -193,10 +193,9 @@ def main() -> int:
                       f"p99 {r['latency_ms'].get('p99')} ms, errors {r['errors']}, machine "
                       f"busy {r['cpu']['machine_busy_pct']}%")
         if a.profile:
-            L.log("profiling rep (not counted)")
-            r = run_once(daemon, broker, exchange, sink, n=n, procs=a.procs,
-                         concurrency=a.concurrency, sync=False, profile=True,
-                         confirm=confirm, loop=client_loop)
+            L.log(f"profiling rep of {wanted[0]} (not counted)")
+            r = run_once(daemon, broker, exchange, sink, **specs[wanted[0]],
+                         **(common | {"profile": True}))
             profile = {"run": {k: v for k, v in r.items() if k != "profile"},
                        "profiles": r.get("profile", [])}
         status = daemon.status()
