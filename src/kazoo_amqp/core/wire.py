@@ -256,9 +256,7 @@ def batch_results(items: list[Any]) -> list[dict[str, Any] | KazooError]:
     return out
 
 
-def encode_response_ok(
-    id: int, result: Any, dumps: Callable[[Any], bytes] | None = None
-) -> bytes:
+def encode_response_ok(id: int, result: Any, dumps: Callable[[Any], bytes] | None = None) -> bytes:
     """Return the framed success response for request ``id``.
 
     ``dumps``: a faster serialiser to try first (bytes out, compact, UTF-8); on any error the
