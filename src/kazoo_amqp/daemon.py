@@ -101,29 +101,11 @@ class DaemonBackend:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        # The publisher's own method: the socket server calls it once per publish, so no
+        # forwarding frame in between (Backend.submit's contract is the manager's).
+        self.submit = daemon.manager.submit
         self._presence: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="presence")
-
-    def submit(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str | dict[str, Any],
-        headers: str | None = None,
-        *,
-        mandatory: bool = False,
-        persistent: bool | None = None,
-        done: Any = None,
-    ) -> str:
-        return self.daemon.manager.submit(
-            exchange,
-            routing_key,
-            payload,
-            headers,
-            mandatory=mandatory,
-            persistent=persistent,
-            done=done,
-        )
 
     async def query(
         self,

@@ -611,7 +611,7 @@ class Manager:
         *,
         mandatory: bool = False,
         persistent: bool = False,
-        done: Callable[[dict[str, Any] | None, BaseException | None], None],
+        done: Callable[[dict[str, Any] | None, BaseException | None], None] | None,
     ) -> str:
         """Publish and call ``done(result, None)`` once the broker confirmed, or ``done(None,
         error)``; validation errors raise at once. The hot path of the socket server.
@@ -637,7 +637,8 @@ class Manager:
         def confirmed(exc: BaseException | None) -> None:
             if exc is None:
                 counters["published"] += 1
-                done({"msg_id": msg_id, "server_id": server_id}, None)
+                if done is not None:
+                    done({"msg_id": msg_id, "server_id": server_id}, None)
             elif isinstance(exc, NotConnected):
                 counters["publish_retried"] += 1
                 self._slow_publish(
@@ -645,7 +646,10 @@ class Manager:
                 )
             else:
                 counters["publish_failed"] += 1
-                done(None, exc)
+                if done is None:
+                    self._failed_after_accept(msg_id, exchange, routing_key, exc)
+                else:
+                    done(None, exc)
 
         assert link.channel is not None
         confirm = link.channel.publish(
@@ -685,21 +689,7 @@ class Manager:
         (``publish_failed_after_accept``); nobody waits for it.
         """
         # merge: replaced by amqp/publisher.py
-        if done is None:
-
-            def done(result: dict[str, Any] | None, exc: BaseException | None) -> None:
-                if exc is not None:
-                    self.counters["publish_failed_after_accept"] += 1
-                    log.warning(
-                        "publish %s to exchange %r routing key %r failed after it was accepted: %s",
-                        msg_ids[0],
-                        exchange,
-                        routing_key,
-                        exc,
-                    )
-
-        msg_ids = [""]
-        msg_ids[0] = self.publish_cb(
+        return self.publish_cb(
             exchange,
             routing_key,
             payload,
@@ -708,7 +698,19 @@ class Manager:
             persistent=bool(persistent),
             done=done,
         )
-        return msg_ids[0]
+
+    def _failed_after_accept(
+        self, msg_id: str, exchange: str, routing_key: str, exc: BaseException
+    ) -> None:
+        # merge: replaced by amqp/publisher.py (which also routes it to kazoo:publish-failed)
+        self.counters["publish_failed_after_accept"] += 1
+        log.warning(
+            "publish %s to exchange %r routing key %r failed after it was accepted: %s",
+            msg_id,
+            exchange,
+            routing_key,
+            exc,
+        )
 
     def _body(self, doc: dict[str, Any], link: BrokerLink) -> bytes:
         """The wire body for ``link``: with that broker's Server-ID unless the caller set one.
@@ -724,7 +726,7 @@ class Manager:
 
     def _slow_publish(
         self,
-        done: Callable[[dict[str, Any] | None, BaseException | None], None],
+        done: Callable[[dict[str, Any] | None, BaseException | None], None] | None,
         exchange: str,
         key: str,
         doc: dict[str, Any],
@@ -747,13 +749,21 @@ class Manager:
                     persistent=persistent,
                 )
             except asyncio.CancelledError:
-                done(None, ShuttingDown("the daemon is stopping; the publish was abandoned"))
+                stopping = ShuttingDown("the daemon is stopping; the publish was abandoned")
+                if done is None:
+                    self._failed_after_accept(msg_id, exchange, key, stopping)
+                else:
+                    done(None, stopping)
                 raise
             except Exception as exc:
-                done(None, exc)
+                if done is None:
+                    self._failed_after_accept(msg_id, exchange, key, exc)
+                else:
+                    done(None, exc)
                 return
             self.counters["published"] += 1
-            done({"msg_id": msg_id, "server_id": link.spec.server_id}, None)
+            if done is not None:
+                done({"msg_id": msg_id, "server_id": link.spec.server_id}, None)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
