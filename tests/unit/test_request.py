@@ -212,3 +212,12 @@ def test_client_imports_only_the_standard_library_and_this_package() -> None:
         [sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_payload_nested_too_deeply_to_serialise_is_bad_payload() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(100_000):
+        node["a"] = node = {}
+    with pytest.raises(BadPayload, match="too deeply"):
+        rq.Stream().encode(rq.publish("e", "r", deep))
