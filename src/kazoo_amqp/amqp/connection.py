@@ -29,7 +29,7 @@ import struct
 import sys
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pamqp import commands as spec
 from pamqp.base import Frame as Method
@@ -93,7 +93,8 @@ class _Protocol(asyncio.Protocol):
         self._conn._on_data(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only structurally alike
+        transport = cast(asyncio.Transport, transport)
         self._conn._on_connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -181,19 +181,6 @@ class Manager:
                 results.append({"ok": False, "error": exc})
         return results
 
-    def publish_cb(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str | bytes | dict[str, Any],
-        headers: str | None = None,
-        *,
-        mandatory: bool = False,
-        done: Done,
-    ) -> None:
-        """Today's socket-server entry point: :meth:`Publisher.submit` with ``done``."""
-        self.submit(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
-
     # -- consuming ------------------------------------------------------------------------
     def pause_consumers(self, paused: bool) -> None:
         """Back-pressure from the worker pool: stop or resume reading deliveries."""

@@ -184,6 +184,7 @@ class Publisher:
             "accepted": 0,
             "published": 0,
             "publish_failed": 0,
+            "publish_failed_after_accept": 0,
             "publish_retried": 0,
             "publish_expired": 0,
             "publish_returned": 0,
@@ -513,18 +514,23 @@ class Publisher:
         self.counters["publish_failed"] += 1
         reason = FAILURE_REASONS.get(type(exc), "other")
         self.failures[reason] += 1
+        accepted = m.done is None
         log.warning(
-            "publish to exchange %r routing key %r (Msg-ID %s) failed: %s: %s",
+            "publish to exchange %r routing key %r (Msg-ID %s) failed%s: %s: %s",
             m.exchange,
             m.routing_key,
             m.msg_id,
+            " after it was accepted" if accepted else "",
             type(exc).__name__,
             exc,
             extra={"exchange": m.exchange, "routing_key": m.routing_key, "msg_id": m.msg_id},
         )
         if m.done is not None:
             _call(m.done, None, exc)
-        elif self.on_failed is not None:
+            return
+        # accepted without a confirm: nobody waits, so the count and the route are its trace
+        self.counters["publish_failed_after_accept"] += 1
+        if self.on_failed is not None:
             try:
                 self.on_failed(m, exc)
             except Exception:
