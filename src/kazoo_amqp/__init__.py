@@ -55,6 +55,7 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "AsyncClient",
     "BadPath",

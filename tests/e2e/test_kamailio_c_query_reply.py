@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 from kamailio.harness import (
-    LOCALHOST,
     HERE,
+    LOCALHOST,
     _stop_process,
     _tail,
     free_udp_ports,

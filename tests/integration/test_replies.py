@@ -49,9 +49,7 @@ def nodes(tmp_path: Path, rabbitmq: object) -> Iterator[tuple[DaemonProcess, str
     exchange, queue = unique("kzt.registrar"), unique("kzt.authn")
     (tmp_path / "responder").mkdir()
     (tmp_path / "requester").mkdir()
-    responder = DaemonProcess(
-        tmp_path / "responder", responder_routes(exchange, queue), workers=2
-    )
+    responder = DaemonProcess(tmp_path / "responder", responder_routes(exchange, queue), workers=2)
     requester = DaemonProcess(tmp_path / "requester", "", workers=1)
     with responder, requester:
         yield requester, exchange

@@ -87,9 +87,7 @@ def reply_to(request: Mapping[str, Any]) -> tuple[str, str]:
         UsageError: the request has no non-empty ``Server-ID`` or no ``Msg-ID``; it is not a
             query, so there is nobody to answer.
     """
-    missing = [
-        name for name in ("Server-ID", "Msg-ID") if request.get(name) in (None, "")
-    ]
+    missing = [name for name in ("Server-ID", "Msg-ID") if request.get(name) in (None, "")]
     if missing:
         raise UsageError(
             f"cannot reply: the message being handled has no {' and no '.join(missing)} "
@@ -110,7 +108,10 @@ def reply_name(request_name: str) -> str | None:
 
 
 def build_reply(
-    request: Mapping[str, Any], payload: Mapping[str, Any], *, key: str = "Event-Category",
+    request: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    key: str = "Event-Category",
     subkey: str = "Event-Name",
 ) -> dict[str, Any]:
     """The reply document for ``request``: ``payload`` plus what a Kazoo responder sets.
