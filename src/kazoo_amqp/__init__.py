@@ -55,7 +55,6 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
-
 __all__ = [
     "AsyncClient",
     "BadPath",
