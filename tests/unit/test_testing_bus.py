@@ -131,3 +131,25 @@ def test_returned_value_rules() -> None:
     assert bus.deliver({"Event-Category": "a", "Event-Name": "c"}).outcome == "done"
     seen = bus.deliver({"Event-Category": "a", "Event-Name": "d"})
     assert isinstance(seen.error, UsageError) and "no Server-ID" in str(seen.error)
+
+
+@pytest.mark.parametrize("presence_call", ["pua_publish_presence", "pua_publish"])
+def test_shared_presence_routes_without_a_broker(tmp_path: Path, presence_call: str) -> None:
+    """The presence routes the integration and e2e tests run on the daemon, checked here first:
+    each package reaches its writer and the rows are what Kamailio will read."""
+    from tests.integration.daemon_harness import presence_routes, routes_file
+
+    path = routes_file(tmp_path / "routes.py", presence_routes("presence", "q", presence_call))
+    bus = MemoryBus.from_routes(str(path), clock=lambda: 1_700_000_000)
+    user = {"From": "sip:1000@example.net", "From-User": "1000", "From-Realm": "example.net",
+            "To": "sip:1000@example.net", "To-User": "1000", "To-Realm": "example.net"}  # fmt: skip
+    presence = {"Event-Category": "presence", "Event-Name": "update", "Event-Package": "presence",
+                "State": "online", "Call-ID": "p1", **user}  # fmt: skip
+    mwi = {"Event-Category": "presence", "Event-Name": "mwi_update", "Messages-New": 2,
+           "Messages-Saved": 1, "Call-ID": "m1", **user}  # fmt: skip
+    seen = [bus.deliver(presence, "update.example%2Enet.p1", "presence"),
+            bus.deliver(mwi, "mwi_updates.example%2Enet.1000", "presence")]  # fmt: skip
+    assert [s.error for s in seen] == [None, None]
+    assert [r.event for s in seen for r in s.presence] == ["presence", "message-summary"]
+    assert all(s.subscription is bus.subscriptions[0] for s in seen)
+    assert "Messages-Waiting: yes" in seen[1].presence[0].body
