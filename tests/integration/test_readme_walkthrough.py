@@ -66,8 +66,10 @@ def test_readme_walkthrough_works(tmp_path: Path, rabbitmq: object) -> None:
     assert init.returncode == 0, init.stderr
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.Popen([str(bin_dir / "kazoo-amqp"), "run", "--config", config],
-                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        daemon = subprocess.Popen(
+            [str(bin_dir / "kazoo-amqp"), "run", "--config", config],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         socket_path = tmp_path / "examples" / "kazoo-amqp.sock"
         deadline = time.monotonic() + 30
