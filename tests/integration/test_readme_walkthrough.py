@@ -22,9 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon_harness import REPO
+from tests.integration.daemon_harness import REPO, pika_connection
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+
+def _wait_consumer(queue: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    conn = pika_connection()
+    try:
+        while True:
+            ch = conn.channel()
+            try:
+                if ch.queue_declare(queue, passive=True).method.consumer_count >= 1:
+                    return
+                ch.close()
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, f"no consumer on {queue}"
+            time.sleep(0.1)
+    finally:
+        conn.close()
 
 
 def _block(text: str, marker: str) -> list[str]:
@@ -77,7 +95,9 @@ def test_readme_walkthrough_works(tmp_path: Path, rabbitmq: object) -> None:
             assert daemon.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         assert socket_path.exists()
-        time.sleep(1.0)  # the consumers of the example's queues are declared after start
+        # the example's consumers are declared after start: wait for them, like a user would
+        for queue in (f"presence-dialog-{node}", f"registrar-flush-{node}"):
+            _wait_consumer(queue)
         *publishes, select = commands
         for line in publishes:
             out = sh(line)
