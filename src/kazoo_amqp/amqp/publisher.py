@@ -251,8 +251,39 @@ class Publisher:
             persistent=persistent,
             done=done,
         )
-        self.send(message)
+        self.accept(message)
         return message.msg_id
+
+    def accept(self, m: Outgoing) -> None:
+        """Take ownership of ``m`` and write it later in this loop iteration.
+
+        The caller's reply (the socket server's ``{"msg_id"}``) leaves before the body is
+        serialised and the AMQP frames are built, and every message accepted in one loop
+        iteration, from any number of callers, goes to the broker in one write. Order is kept:
+        the message joins the buffer behind everything already waiting for its target.
+
+        Raises:
+            ShuttingDown: the daemon is stopping.
+            BufferFull: no link can take it now and the buffer is full (the same check as
+                :meth:`send`, made now, so the caller learns it synchronously).
+        """
+        if self._closing:
+            raise ShuttingDown("the daemon is stopping; publish refused")
+        buffer = self._buffer
+        if self.pick(m.target) is None:
+            if len(buffer) >= self.settings.publish_buffer_size:
+                self.counters["buffer_rejected"] += 1
+                raise BufferFull(
+                    f"no broker can take the publish to exchange {m.exchange!r} now and the "
+                    f"publish buffer is full ({self.settings.publish_buffer_size} messages "
+                    f"waiting): raise publish_buffer_size or check RabbitMQ "
+                    f"({self._describe_links()})"
+                )
+            self.counters["buffered"] += 1
+        buffer.append(m)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def prepare(
         self,
