@@ -6,8 +6,9 @@ Contract
 ``Msg-ID``, …) and raises :class:`~kazoo_amqp.errors.BadPayload`,
 :class:`~kazoo_amqp.errors.BadRoutingKey`, :class:`~kazoo_amqp.errors.UsageError`,
 :class:`~kazoo_amqp.errors.ShuttingDown` or :class:`~kazoo_amqp.errors.BufferFull`. Once it
-returned the Msg-ID, the publisher owns the message: it is written to a broker now, or waits in
-the bounded buffer until one can take it, and is written again after any retryable failure,
+returned the Msg-ID, the publisher owns the message: it is serialised and written to a broker
+later in the same loop iteration (after the caller's reply has left; every message accepted in
+that iteration goes out in one write), or waits in the bounded buffer until a broker can take it, and is written again after any retryable failure,
 until the broker confirms it or its deadline (``publish_buffer_timeout_ms`` after acceptance)
 passes. The outcome is reported exactly once:
 

@@ -333,3 +333,21 @@ async def test_graceful_stop_waits_for_unconfirmed_publishes() -> None:
         rig.manager.submit("amq.topic", "k", {"I": i}, done=out.done_for(str(i)))
     await rig.manager.stop()
     assert len(out.results) == 30
+
+
+async def test_submit_returns_before_the_write_and_one_loop_turn_writes_all_in_order() -> None:
+    """The caller's reply can leave before the body is serialised: submit only validates and
+    takes the message; the write happens later in the same loop iteration, for every message
+    accepted meanwhile, in submission order (behind older messages already waiting)."""
+    async with Rig("a") as rig:
+        channel = rig.manager.links[0].channel
+        assert channel is not None
+        ids = [rig.manager.submit("amq.topic", "k", {"I": i}) for i in range(5)]
+        assert channel._pending == {}  # type: ignore[attr-defined]
+        assert rig.manager.publisher.backlog() == 5  # owned: counted as waiting
+        await asyncio.sleep(0)
+        sent = [m for _, m in channel._pending.values()]  # type: ignore[attr-defined]
+        assert [json.loads(m.body)["Msg-ID"] for m in sent] == ids
+        await until(lambda: rig.manager.publisher.backlog() == 0)
+        assert msg_ids(rig.net["a"].published) == ids
+        assert rig.manager.status()["buffered"] == 0  # a link could take them: not "buffered"
