@@ -8,9 +8,10 @@ Contract
 :class:`~kazoo_amqp.errors.ShuttingDown` or :class:`~kazoo_amqp.errors.BufferFull`. Once it
 returned the Msg-ID, the publisher owns the message: it is serialised and written to a broker
 later in the same loop iteration (after the caller's reply has left; every message accepted in
-that iteration goes out in one write), or waits in the bounded buffer until a broker can take it, and is written again after any retryable failure,
-until the broker confirms it or its deadline (``publish_buffer_timeout_ms`` after acceptance)
-passes. The outcome is reported exactly once:
+that iteration goes out in one write), or waits in the bounded buffer until a broker can take
+it, and is written again after any retryable failure, until the broker confirms it or its
+deadline (``publish_buffer_timeout_ms`` after acceptance) passes. The outcome is reported
+exactly once:
 
 * ``done(result, None)`` on the broker's confirm, ``result = {"msg_id", "server_id"}``;
 * ``done(None, error)`` on final failure, when the caller passed ``done``; otherwise the error
