@@ -49,6 +49,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
+from kazoo_amqp.core.kamailio.settings import BridgeSettings, bridge_from_mapping
 from kazoo_amqp.errors import ConfigError
 
 __all__ = [
@@ -143,6 +144,8 @@ class Settings:
     late_replies: LateReplies = "drop"
     kamailio_rpc: str | None = None
     log_level: str = "info"
+    #: the Kamailio bridge (``[kamailio]``): events run inside Kamailio, not in worker processes
+    kamailio: BridgeSettings | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -256,6 +259,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "late_replies",
         "kamailio_rpc",
         "log_level",
+        "kamailio",
     }
     | {key for name in _TIMERS for key in _timer_keys(name)}
 )
@@ -384,6 +388,7 @@ def settings_from_mapping(
         if _ignored_name(key) in _IGNORED
     ]
     return Settings(
+        kamailio=bridge_from_mapping(data.get("kamailio")),
         node_hostname=node_hostname,
         brokers=brokers,
         socket=_socket(r, base_dir),
