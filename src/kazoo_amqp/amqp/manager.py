@@ -488,6 +488,15 @@ class Manager:
         else:  # handler error, bad message, gave up after worker deaths: dead-letter it
             channel.reject(tag, requeue=False)
 
+    def replace_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        """Consume ``subscriptions`` from now on: each link's consume connection is dropped, so
+        it reconnects and declares them (the Kamailio bridge, after Kamailio's mod-init
+        changed)."""
+        self.subscriptions = subscriptions
+        for link in self.links:
+            if link.consume is not None:
+                link.consume.abort()
+
     def pause_consumers(self, paused: bool) -> None:
         """Back-pressure from the worker pool: stop or resume reading deliveries."""
         self._paused = paused

@@ -60,8 +60,10 @@ __all__ = [
     "error_type_name",
 ]
 
-Op = Literal["publish", "publish_batch", "query", "pua_publish", "status", "ping"]
-OPS: Final = frozenset({"publish", "publish_batch", "query", "pua_publish", "status", "ping"})
+Op = Literal["publish", "publish_batch", "query", "async_query", "pua_publish", "status", "ping"]
+OPS: Final = frozenset(
+    {"publish", "publish_batch", "query", "async_query", "pua_publish", "status", "ping"}
+)
 
 #: Most messages one ``publish_batch`` request may carry.
 MAX_BATCH: Final = 10000
@@ -102,6 +104,7 @@ class Request:
     package: str | None = None
     mandatory: bool = False
     messages: tuple[PublishItem, ...] = ()
+    resume: dict[str, Any] | None = None  # async_query: where the answer goes (Kamailio bridge)
 
 
 class PublishItem(NamedTuple):
@@ -391,7 +394,7 @@ def decode_request(frame: bytes) -> Request:
                 )
             )
         return Request(request_id, "publish_batch", messages=tuple(messages))
-    if op == "query":
+    if op == "query" or op == "async_query":
         timeout_ms = obj.get("timeout_ms")
         if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):
             raise BadRequest(
@@ -399,9 +402,17 @@ def decode_request(frame: bytes) -> Request:
                 f"null, not {timeout_ms!r}",
                 request_id=request_id,
             )
+        resume = obj.get("resume")
+        if op == "async_query" and type(resume) is not dict:
+            raise BadRequest(
+                f"async_query request {request_id}: 'resume' must be an object (where the "
+                "answer goes), not " + _json_kind(resume),
+                request_id=request_id,
+            )
         return Request(
             request_id,
-            "query",
+            op,
+            resume=resume,
             exchange=_field(obj, "exchange", request_id, op),
             routing_key=_field(obj, "routing_key", request_id, op),
             payload=_payload_field(obj, request_id, op),

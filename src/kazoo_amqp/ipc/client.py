@@ -308,8 +308,12 @@ class Client:
         headers: str | None = None,
         *,
         mandatory: bool = False,
-    ) -> dict[str, Any]:
-        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        raw: bool = False,
+    ) -> Any:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None).
+
+        ``raw=True`` returns the reply's JSON text as the daemon sent it instead (``$kzR``).
+        """
         result = self._call(
             "query",
             _query_wait(timeout_ms),
@@ -320,7 +324,32 @@ class Client:
             timeout_ms=timeout_ms,
             **_mandatory(mandatory),
         )
+        if raw and type(result) is str:
+            return result
         return _query_result(result)
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        resume: dict[str, Any],
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Hand a query to the daemon and return once it accepted it; the daemon sends the
+        answer (or the timeout) elsewhere, as ``resume`` says (the Kamailio bridge)."""
+        result = self._call(
+            "async_query",
+            self._timeout,
+            exchange=_text_arg("exchange", exchange),
+            routing_key=_text_arg("routing_key", routing_key),
+            payload=_payload_text(payload),
+            headers=_text_arg("headers", headers, optional=True),
+            timeout_ms=timeout_ms,
+            resume=resume,
+        )
+        return _dict_result("async_query", result)
 
     def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
         """Write the presentity update in ``payload`` (``package``: None, ``"presence"``,

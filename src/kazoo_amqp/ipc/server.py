@@ -642,6 +642,15 @@ class _Connection(asyncio.Protocol):
                     req.timeout_ms,
                     **_mandatory(req),
                 )
+            elif op == "async_query":  # the Kamailio bridge: answered on acceptance
+                result = await backend.async_query(  # type: ignore[attr-defined]
+                    req.exchange,
+                    req.routing_key,
+                    req.payload,
+                    req.headers,
+                    req.timeout_ms,
+                    req.resume or {},
+                )
             else:  # "pua_publish": the only other op that reaches a task
                 result = await backend.pua_publish(req.payload, req.package)
             data = encode_response_ok(req.id, result)
