@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kazoo_amqp.core import jsonc, pipe
+from kazoo_amqp.core.framing import HEADER_SIZE
 from kazoo_amqp.core.hashing import pick_worker
 from kazoo_amqp.core.kamailio.settings import BridgeSettings
 from kazoo_amqp.core.message import augment_received
@@ -203,7 +204,7 @@ class KamailioSink:
             log.exception("acknowledging a delivery failed")
 
     def _item(self, frame: bytes, token: Any) -> _Item | None:
-        msg = pipe.decode_to_worker(frame)
+        msg = pipe.decode_to_worker(frame[HEADER_SIZE:])  # the frame without its length
         if isinstance(msg, pipe.DeliveryFrame):
             exchange, routing_key, body = msg.exchange, msg.routing_key, msg.body
             binding = self.bindings[msg.binding] if msg.binding < len(self.bindings) else None
@@ -248,6 +249,10 @@ class KamailioSink:
         route = next((n for n in names if n in self.routes), None)
         if route is None:
             self.counters["no_route"] += 1
+            if token is None:  # a connection event or late reply: like C, only a debug line
+                log.debug("no event route for %s", names[0])
+                self._reject(token)
+                return None
             log.warning(
                 "no event route for the message from exchange %r routing key %r Msg-ID %r "
                 "(tried %s); rejected",
