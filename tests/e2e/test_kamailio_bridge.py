@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -638,6 +639,53 @@ def test_daemon_and_kamailio_restarts_recover_without_a_manual_step(
         user3 = user + "-3"
         with Responder(s.ex["registrar"], key, _authn({user3: "pw"})):
             assert s.register(user3, "pw").code == 200
+    except BaseException:
+        print(s.diagnostics())
+        raise
+    finally:
+        s.stop_daemon()
+        s.stop_kamailio()
+        _cleanup(s)
+
+
+def test_suspended_transactions_reach_their_timeout_route_when_the_daemon_dies(
+    tmp_path: Path,
+) -> None:
+    why = missing()
+    if why:
+        pytest.skip(why)
+    from kazoo_amqp.kamailio.handler import WATCHDOG_GRACE_S
+
+    s = Stack(tmp_path / "watchdog")
+    s.prepare()
+    key = f"authn.endpoint.req.{_encode(REALM)}"
+    try:
+        s.start_kamailio()
+        s.start_daemon()
+        replies: list[SipReply] = []
+        with Responder(s.ex["registrar"], key, lambda req: None) as r:
+            users = [unique("frank") for _ in range(3)]
+            threads = [
+                threading.Thread(target=lambda u=u: replies.append(s.register(u, "x", 10)))
+                for u in users
+            ]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 5
+            while len(r.requests) < len(users):
+                assert time.monotonic() < deadline, s.diagnostics()
+                time.sleep(0.02)
+            assert s.daemon is not None
+            s.daemon.kill()  # no goodbye: the queries die with it
+            s.daemon.wait()
+            s.daemon = None
+            for t in threads:
+                t.join(15)
+        assert [(x.code, x.reason) for x in replies] == [(500, "Directory Timeout")] * 3, replies
+        # the watchdog's entry expires in whole seconds on a timer that ticks every second
+        limit = math.ceil(AUTH_TIMEOUT_MS / 1000) + WATCHDOG_GRACE_S + 2.2
+        assert all(x.elapsed < limit for x in replies), replies
+        s.assert_no_transaction_lingers()
     except BaseException:
         print(s.diagnostics())
         raise

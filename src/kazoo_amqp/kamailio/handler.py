@@ -33,9 +33,10 @@ from kazoo_amqp.errors import ConfigError, KazooError, QueryTimeout
 
 __all__ = ["WATCHDOG_GRACE_S", "BridgeHandler"]
 
-#: Seconds the watchdog waits past a query's timeout before it continues the transaction
-#: itself (the daemon normally answers at the timeout; the htable timer ticks every second).
-WATCHDOG_GRACE_S = 1
+#: Seconds added to a query's timeout (rounded up) for its watchdog entry. htable keeps whole
+#: seconds and its timer ticks every second, so the entry expires between that many and two
+#: more seconds after the suspend: never before the daemon's own timeout answer.
+WATCHDOG_GRACE_S = 0
 MOD_INIT = "kazoo:mod-init"
 _PUA_PACKAGES = {
     "pua_publish": None,
