@@ -736,3 +736,65 @@ def test_suspended_transactions_reach_their_timeout_route_when_the_daemon_dies(
         s.stop_daemon()
         s.stop_kamailio()
         _cleanup(s)
+
+
+def test_a_kemi_script_gets_events_and_suspending_queries(tmp_path: Path) -> None:
+    why = missing()
+    if why:
+        pytest.skip(why)
+    s = Stack(tmp_path / "kemi", "kemi")
+    d = s.dir
+    d.mkdir(parents=True)
+    for f in (EXAMPLE / "kemi").iterdir():
+        shutil.copy(f, d / f.name)
+    s.sip_port, s.rpc_port = free_udp_ports(2)
+    s.bridge_port = _free_tcp_port()
+    exchange = s.ex["registrar"]
+    cfg = (d / "kamailio.cfg").read_text()
+    for name, value in {
+        "BRIDGE_LISTEN": f"tcp:127.0.0.1:{s.bridge_port}",
+        "SIP_LISTEN": f"udp:127.0.0.1:{s.sip_port}",
+        "RPC_SOCKET": f'"udp:127.0.0.1:{s.rpc_port}"',
+        "KEMI_SCRIPT": f'"{d}/kazoo_kemi.py"',
+    }.items():
+        cfg, n = re.subn(rf"^#!define {name} .*$", f"#!define {name} {value}", cfg, flags=re.M)
+        assert n == 1, name
+    (d / "kamailio.cfg").write_text(cfg.replace("log_stderror=no", "log_stderror=yes"))
+    script = (d / "kazoo_kemi.py").read_text()
+    for name, value in {"SRC_DIR": repr(str(REPO / "src")), "EXCHANGE": repr(exchange),
+                        "NODE": repr(s.node), "BRIDGE_PORT": str(s.bridge_port)}.items():  # fmt: skip
+        script, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", script, flags=re.M)
+        assert n == 1, name
+    (d / "kazoo_kemi.py").write_text(script)
+    toml = (d / "kazoo-amqp.toml").read_text().replace("5091", str(s.bridge_port))
+    toml = toml.replace('socket = "kazoo-amqp.sock"', 'socket = "kz.sock"')
+    (d / "kazoo-amqp.toml").write_text(toml.replace("kamailio1.example.net", s.node))
+    try:
+        s.start_kamailio()
+        s.start_daemon()
+        with Responder(exchange, "kemi.ask", lambda q: {"Say": "hello " + q["Question"]}):
+            answered = s.sip("MESSAGE", user="kemi")
+        assert (answered.code, answered.reason) == (200, "hello "), answered
+        with Responder(exchange, "kemi.ask", lambda q: None):
+            silent = s.sip("MESSAGE", user="kemi")
+        assert silent.code == 504 and silent.elapsed < 1.2, silent
+        publish(exchange, "topic", "kemi.note.x", {"Event-Category": "kemi",
+                                                   "Event-Name": "note", "Key": "k1",
+                                                   "Value": "v1"})  # fmt: skip
+        deadline = time.monotonic() + 10
+        while "result" not in (got := s.rpc("htable.get", "notes", "k1")):
+            assert time.monotonic() < deadline, s.diagnostics()
+            time.sleep(0.05)
+        assert got["result"]["item"]["value"] == "v1"
+        s.assert_no_transaction_lingers()
+    except BaseException:
+        print(s.diagnostics())
+        raise
+    finally:
+        s.stop_daemon()
+        s.stop_kamailio()
+        _cleanup(s)
+        with contextlib.suppress(Exception):
+            conn = pika_connection()
+            conn.channel().queue_delete(f"kemi-notes-{s.node}")
+            conn.close()

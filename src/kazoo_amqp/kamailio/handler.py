@@ -58,11 +58,23 @@ class BridgeHandler:
 
     Args:
         config_path: the daemon's TOML (the converter's ``kazoo-amqp.toml``).
+        routes: for KEMI scripts (``cfgengine "python"``): event-route names
+            (``"kazoo:mod-init"``, ``"kazoo:consumer-event-..."``) mapped to Python callables
+            taking no argument. Given, the handler runs these instead of cfg routes, continues
+            async queries with ``KSR.tmx.t_continue`` into KEMI functions named by the reply /
+            timeout route, and serves the watchdog from :meth:`kemi_htable_event`.
         ksr: the ``KSR`` module (injected by tests; imported when None).
         client_factory: builds the per-process client from the socket path (tests inject).
     """
 
-    def __init__(self, config_path: str, *, ksr: Any = None, client_factory: Any = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        *,
+        routes: dict[str, Any] | None = None,
+        ksr: Any = None,
+        client_factory: Any = None,
+    ) -> None:
         from kazoo_amqp.core.config import load_config
 
         if ksr is None:
@@ -87,6 +99,7 @@ class BridgeHandler:
                 return Client(path)
 
         self._client_factory = client_factory
+        self.kemi_routes = routes
         self._client: Any = None
         self._pid = -1
         self._subscriptions: list[dict[str, Any]] | None = None
@@ -179,13 +192,32 @@ class BridgeHandler:
         return 1
 
     def _async_query(self, site: CallSite) -> int:
-        ksr = self.ksr
         exchange, routing_key, payload, reply_route, timeout_route = (
             self._eval(a) for a in site.args[:5]
         )
-        timeout_ms = self._timeout_ms()
+        return self.async_query(
+            exchange, routing_key, payload, reply_route, timeout_route, where=site.where
+        )
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str,
+        reply_route: str,
+        timeout_route: str,
+        *,
+        timeout_ms: int | None = None,
+        where: str = "",
+    ) -> int:
+        """``kazoo_async_query``: suspend the transaction, arm its watchdog, hand the query to
+        the daemon; 0 (stop the script) once suspended, -1 when it could not be suspended.
+
+        KEMI scripts call it directly, with KEMI function names as the routes."""
+        ksr = self.ksr
+        timeout_ms = timeout_ms or self._timeout_ms()
         if ksr.tmx.t_suspend() < 0:
-            self._error(f"kazoo-amqp: async_query at {site.where}: cannot suspend the transaction")
+            self._error(f"kazoo-amqp: async_query at {where}: cannot suspend the transaction")
             return -1
         tindex = int(ksr.pv.get("$T(id_index)") or 0)
         tlabel = int(ksr.pv.get("$T(id_label)") or 0)
@@ -204,16 +236,21 @@ class BridgeHandler:
             # The transaction is suspended already: let the watchdog take it to the timeout
             # route at its next tick instead of after the whole timeout.
             ksr.htable.sht_setex(WATCHDOG_TABLE, key, 1)
-            self._error(f"kazoo-amqp: async_query at {site.where}: {exc}; running {timeout_route}")
+            self._error(f"kazoo-amqp: async_query at {where}: {exc}; running {timeout_route}")
         return 0
 
-    def _subscribe(self, site: CallSite) -> int:
+    def subscribe(self, *args: str) -> int:
+        """``kazoo_subscribe`` (JSON text, or exchange, type, queue, routing key) for KEMI
+        scripts: only inside their ``kazoo:mod-init`` route."""
+        return self._subscribe(CallSite("subscribe", tuple(args), "KEMI"), evaluate=False)
+
+    def _subscribe(self, site: CallSite, *, evaluate: bool = True) -> int:
         if self._subscriptions is None:
             self._error(
                 f"kazoo-amqp: kazoo_subscribe at {site.where} outside kazoo:mod-init is ignored"
             )
             return -1
-        args = [self._eval(a) for a in site.args]
+        args = [self._eval(a) for a in site.args] if evaluate else list(site.args)
         entry: dict[str, Any] = {"json": args[0]} if len(args) == 1 else {"args": args}
         entry["where"] = site.where
         self._subscriptions.append(entry)
@@ -242,6 +279,21 @@ class BridgeHandler:
             ksr.xhttp.xhttp_reply(500, "Bridge Error", "text/plain", str(exc))
         return 1
 
+    def _route_exists(self, name: str) -> bool:
+        if self.kemi_routes is not None:
+            return name in self.kemi_routes
+        return bool(self.ksr.cfgutils.check_route_exists(name) > 0)
+
+    def _run_route(self, name: str) -> None:
+        if self.kemi_routes is not None:
+            try:
+                self.kemi_routes[name]()
+            except Exception as exc:  # the route's own bug: logged, the answer still goes out
+                self._error(f"kazoo-amqp: KEMI route {name}: {type(exc).__name__}: {exc}")
+            return
+        # From KEMI, `exit` inside the cfg route ends only that route.
+        self.ksr.cfgutils.route_if_exists(name)
+
     def _header(self, name: str) -> str:
         value = self.ksr.pv.get(f"$hdr({name})")
         return "" if value is None else str(value)
@@ -249,7 +301,7 @@ class BridgeHandler:
     def _event(self) -> None:
         ksr = self.ksr
         route = self._header("X-Kazoo-Route")
-        if not route or ksr.cfgutils.check_route_exists(route) < 0:
+        if not route or not self._route_exists(route):
             ksr.xhttp.xhttp_reply(404, "No Route", "text/plain", route)
             return
         ksr.pv.sets("$var(kzE)", str(ksr.pv.get("$rb") or ""))
@@ -258,7 +310,7 @@ class BridgeHandler:
             ksr.pv.sets("$var(kzRK)", routing_key)
         else:
             ksr.pv.unset("$var(kzRK)")
-        ksr.cfgutils.route_if_exists(route)
+        self._run_route(route)
         ksr.pv.unset("$var(kzE)")
         ksr.pv.unset("$var(kzRK)")
         ksr.xhttp.xhttp_reply(200, "OK", "text/plain", "")
@@ -267,8 +319,8 @@ class BridgeHandler:
         ksr = self.ksr
         self._subscriptions = []
         try:
-            if ksr.cfgutils.check_route_exists(MOD_INIT) > 0:
-                ksr.cfgutils.route_if_exists(MOD_INIT)
+            if self._route_exists(MOD_INIT):
+                self._run_route(MOD_INIT)
             body = json.dumps(self._subscriptions)
         finally:
             self._subscriptions = None
@@ -290,11 +342,32 @@ class BridgeHandler:
             ksr.pv.sets("$var(kzR)", body)
         else:
             ksr.pv.unset("$var(kzR)")
+        self._continue(tindex, tlabel, route)
+        ksr.xhttp.xhttp_reply(200, "OK", "text/plain", "")
+
+    def _continue(self, tindex: int, tlabel: int, route: str) -> None:
+        ksr = self.ksr
+        if self.kemi_routes is not None:  # KEMI: the route is a KEMI function's name
+            ksr.tmx.t_continue(tindex, tlabel, route)
+            return
         ksr.pv.seti("$var(kzTI)", tindex)
         ksr.pv.seti("$var(kzTL)", tlabel)
         ksr.pv.sets("$var(kzRN)", route)
         ksr.cfgutils.route_if_exists(RESUME_ROUTE)
-        ksr.xhttp.xhttp_reply(200, "OK", "text/plain", "")
+
+    def kemi_htable_event(self, msg: Any, evname: str) -> int:
+        """The watchdog for KEMI scripts: call it from htable's ``event_callback`` function
+        (``modparam("htable", "event_callback", "ksr_htable_event")``)."""
+        if evname != f"htable:expired:{WATCHDOG_TABLE}":
+            return 1
+        ksr = self.ksr
+        key = str(ksr.pv.get("$shtrecord(key)") or "")
+        route = str(ksr.pv.get("$shtrecord(value)") or "")
+        tindex, _, tlabel = key.partition(":")
+        self._error(f"kazoo-amqp: no answer for {key}, running {route}")
+        ksr.pv.unset("$var(kzR)")
+        ksr.tmx.t_continue(int(tindex or 0), int(tlabel or 0), route)
+        return 1
 
     def _error(self, text: str) -> None:
         self.ksr.err(" ".join(text.split()) + "\n")
