@@ -761,8 +761,9 @@ def test_a_kemi_script_gets_events_and_suspending_queries(tmp_path: Path) -> Non
         assert n == 1, name
     (d / "kamailio.cfg").write_text(cfg.replace("log_stderror=no", "log_stderror=yes"))
     script = (d / "kazoo_kemi.py").read_text()
-    for name, value in {"SRC_DIR": repr(str(REPO / "src")), "EXCHANGE": repr(exchange),
-                        "NODE": repr(s.node), "BRIDGE_PORT": str(s.bridge_port)}.items():  # fmt: skip
+    constants = {"SRC_DIR": repr(str(REPO / "src")), "EXCHANGE": repr(exchange),
+                 "NODE": repr(s.node), "BRIDGE_PORT": str(s.bridge_port)}  # fmt: skip
+    for name, value in constants.items():
         script, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", script, flags=re.M)
         assert n == 1, name
     (d / "kazoo_kemi.py").write_text(script)
