@@ -49,12 +49,10 @@ from kamailio.bridge import (  # noqa: E402
     REALM,
     Responder,
     Stack,
-    authn,
     cleanup,
     encode,
     missing,
 )
-
 from tests.integration.daemon_harness import pika_connection  # noqa: E402
 
 
