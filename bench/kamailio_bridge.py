@@ -11,8 +11,8 @@ starts a fresh stack (tests/e2e/kamailio/bridge.py: free ports, unique names).
 * **events**: ``--events`` reg_flush events published at once into the cfg's
   ``kazoo:consumer-event-directory-reg-flush`` route (it clears an htable entry and counts
   ``update_stat("registrar:flushes", "+1")``); rate = events / (first publish -> the statistic
-  reaches N), polled over jsonrpcs every 20 ms. The bridge acks each after its route returned; C acks on
-  receipt.
+  reaches N), polled over jsonrpcs every 20 ms. The bridge acks each after its route
+  returned; C acks on receipt.
 * **register**: ``--callers`` (32) threads REGISTER distinct users (no password cache hit), each
   challenged (401) then authenticated by the ``authn_req`` async query answered by one pika
   responder; throughput = authenticated REGISTERs per second, latency = the authenticated
@@ -82,7 +82,8 @@ def _events(stack: Stack, n: int) -> dict[str, Any]:
         time.sleep(0.02)
     took = time.monotonic() - t0
     return {"events": n, "done": count, "seconds": round(took, 3),
-            "rate_per_s": round(count / took, 1), "publish_seconds": round(published, 3)}  # fmt: skip
+            "rate_per_s": round(count / took, 1),
+            "publish_seconds": round(published, 3)}  # fmt: skip
 
 
 def _register_once(stack: Stack, user: str) -> float | None:
