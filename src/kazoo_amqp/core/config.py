@@ -386,6 +386,8 @@ def settings_from_mapping(
         f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
         for key in data
         if _ignored_name(key) in _IGNORED
+        # the Kamailio bridge's edge module reads the timeout from that AVP
+        and not (key == "amqp_query_timeout_avp" and "kamailio" in data)
     ]
     return Settings(
         kamailio=bridge_from_mapping(data.get("kamailio")),
