@@ -145,7 +145,7 @@ def _registers(stack: Stack, total: int, callers: int) -> dict[str, Any]:
 
 def run_mode(mode: str, a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"kzb-bench-{mode}-") as tmp:
-        stack = Stack(Path(tmp), mode)
+        stack = Stack(Path(tmp), mode, socket_workers=a.socket_workers)
         stack.prepare()
         try:
             stack.start_kamailio()
@@ -171,6 +171,8 @@ def main() -> int:
     ap.add_argument("--registers", type=int, default=1280)
     ap.add_argument("--callers", type=int, default=32)
     ap.add_argument("--modes", default="bridge,c")
+    ap.add_argument("--socket-workers", type=int, default=4,
+                    help="Kamailio processes on the bridge socket (and daemon lanes)")
     a = ap.parse_args()
     why = missing()
     if why:

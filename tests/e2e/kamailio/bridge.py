@@ -110,8 +110,9 @@ class Stack:
     AMQP connection) and no daemon, to compare.
     """
 
-    def __init__(self, run_dir: Path, mode: str = "bridge") -> None:
+    def __init__(self, run_dir: Path, mode: str = "bridge", *, socket_workers: int = 4) -> None:
         self.mode = mode
+        self.socket_workers = socket_workers
         self.dir = run_dir
         self.tag = uuid.uuid4().hex[:8]
         self.node = f"kzb-{self.tag}"
@@ -168,11 +169,12 @@ class Stack:
         toml = toml.replace("sqlite:////var/lib/kamailio/kazoo.db", f"sqlite:///{d}/kazoo.db")
         toml = toml.replace("127.0.0.1:5091", f"127.0.0.1:{self.bridge_port}")
         toml = toml.replace('socket = "kazoo-amqp.sock"', 'socket = "kz.sock"')
+        toml = toml.replace("socket_workers = 4", f"socket_workers = {self.socket_workers}")
         (d / "kazoo-amqp.toml").write_text(toml)
         loaded = re.findall(r'^loadmodule "([^"]+)"', cfg, re.M)
         files = render_includes(
             bridge=f"127.0.0.1:{self.bridge_port}",
-            socket_workers=4,
+            socket_workers=self.socket_workers,
             max_event_bytes=1048576,
             loaded_modules=loaded,
             original_xhttp_route=None,
