@@ -214,6 +214,27 @@ def test_sync_query_decides_the_invite_reply(diag: Stack) -> None:
     assert nobody.code == 503, nobody
 
 
+def test_events_without_a_route_or_too_large_are_rejected_and_counted(diag: Stack) -> None:
+    s = diag
+    if s.mode == "c":
+        pytest.skip("the C module acks on receipt and drops them")
+    before = s.status()["workers"]
+    rk = f"registration.flush.{encode(REALM)}"
+    publish(s.ex["registrar"], "topic", rk, {"Event-Category": "nobody", "Event-Name": "home"})
+    huge = {"Event-Category": "directory", "Event-Name": "reg_flush", "Pad": "x" * 1100000}
+    publish(s.ex["registrar"], "topic", rk, huge)
+    deadline = time.monotonic() + 10
+    while True:
+        now = s.status()["workers"]
+        if now["no_route"] > before["no_route"] and now["too_large"] > before["too_large"]:
+            break
+        assert time.monotonic() < deadline, (now, s.diagnostics())
+        time.sleep(0.05)
+    log = s.daemon_log.read_text()
+    assert "no event route for the message from exchange" in log
+    assert "over kamailio.max_event_bytes" in log
+
+
 def test_daemon_and_kamailio_restarts_recover_without_a_manual_step(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
