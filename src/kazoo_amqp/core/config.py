@@ -49,6 +49,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
+from kazoo_amqp.core.kamailio.settings import BridgeSettings, bridge_from_mapping
 from kazoo_amqp.errors import ConfigError
 
 __all__ = [
@@ -144,6 +145,8 @@ class Settings:
     late_replies: LateReplies = "drop"
     kamailio_rpc: str | None = None
     log_level: str = "info"
+    #: the Kamailio bridge (``[kamailio]``): events run inside Kamailio, not in worker processes
+    kamailio: BridgeSettings | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -258,7 +261,6 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "late_replies",
         "kamailio_rpc",
         "log_level",
-        # MERGE: the bridge helper owns the [kamailio] table; this branch only accepts it.
         "kamailio",
     }
     | {key for name in _TIMERS for key in _timer_keys(name)}
@@ -312,7 +314,6 @@ def settings_from_mapping(
             the message names the key, the value and the fix.
     """
     _reject_unknown(data)
-    _check_kamailio_table(data.get("kamailio"))
     r = _Reader(data)
     notes: list[str] = []
 
@@ -387,8 +388,11 @@ def settings_from_mapping(
         f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
         for key in data
         if _ignored_name(key) in _IGNORED
+        # the Kamailio bridge's edge module reads the timeout from that AVP
+        and not (key == "amqp_query_timeout_avp" and "kamailio" in data)
     ]
     return Settings(
+        kamailio=bridge_from_mapping(data.get("kamailio")),
         node_hostname=node_hostname,
         brokers=brokers,
         socket=_socket(r, base_dir),
@@ -757,29 +761,6 @@ def _range(minimum: int, maximum: int | None) -> str:
     if minimum == 0:
         return "a non-negative integer"
     return f"an integer of at least {minimum}"
-
-
-def _check_kamailio_table(table: Any) -> None:
-    """Minimal check of ``[kamailio]`` (written by ``kamailio-convert``).
-
-    MERGE: replaced by the bridge helper's parsing of the table into Settings.
-    """
-    if table is None:
-        return
-    fix = "convert the cfg again with kazoo-amqp kamailio-convert"
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"config key 'kamailio' must be a table ({fix})", key="kamailio")
-    calls = table.get("calls", {})
-    if not isinstance(calls, Mapping) or not all(
-        isinstance(row, Mapping)
-        and isinstance(row.get("op"), str)
-        and isinstance(row.get("args"), list)
-        for row in calls.values()
-    ):
-        raise ConfigError(
-            f"config key 'kamailio.calls' must hold tables with op and args ({fix})",
-            key="kamailio",
-        )
 
 
 def _reject_unknown(data: Mapping[str, Any]) -> None:

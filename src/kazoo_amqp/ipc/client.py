@@ -125,10 +125,31 @@ class Client:
         headers: str | None = None,
         *,
         mandatory: bool = False,
-    ) -> dict[str, Any]:
-        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        raw: bool = False,
+    ) -> Any:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None).
+
+        ``raw=True`` returns the reply's JSON text as the daemon sent it instead (``$kzR``).
+        """
         return self._run(
-            rq.query(exchange, routing_key, payload, timeout_ms, headers, mandatory=mandatory)
+            rq.query(
+                exchange, routing_key, payload, timeout_ms, headers, mandatory=mandatory, raw=raw
+            )
+        )
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        resume: dict[str, Any],
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> dict[str, Any]:
+        """Hand a query to the daemon and return once it accepted it; the daemon sends the
+        answer (or the timeout) elsewhere, as ``resume`` says (the Kamailio bridge)."""
+        return self._run(
+            rq.async_query(exchange, routing_key, payload, resume, timeout_ms, headers)
         )
 
     def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
