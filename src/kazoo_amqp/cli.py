@@ -333,7 +333,7 @@ def _write_tree(out_dir: str, files: dict[str, str], links: dict[str, str]) -> N
 
 
 def cmd_kamailio_convert(args: argparse.Namespace) -> int:
-    from kazoo_amqp.core.kamailio import ConversionFailed, convert
+    from kazoo_amqp.core.kamailio.convert import ConversionFailed, convert
 
     main_path = os.path.abspath(args.cfg)
     out_dir = os.path.abspath(args.out_dir)

@@ -112,7 +112,8 @@ where = "roles.cfg:10"
 
 [kamailio.calls."kq-1"]
 op = "query"
-args = ["callmgr", "q.$var(realm)", "$var(payload)", "$var(answer)"]
+args = ["callmgr", "q.$var(realm)", "$var(payload)"]
+target = "$var(answer)"
 where = "roles.cfg:20"
 
 [kamailio.calls."kaq-1"]
@@ -176,12 +177,12 @@ def test_query_sets_kzr_and_the_target_and_takes_the_timeout_avp(env: Any) -> No
     assert client.calls[1][2]["timeout_ms"] == 3000  # amqp_query_timeout
 
 
-def test_query_timeout_returns_minus_one_with_kzr_empty(env: Any) -> None:
+def test_query_timeout_returns_minus_one_with_kzr_an_empty_string(env: Any) -> None:
     handler, ksr, client = env
     ksr.vars["$var(kzR)"] = "old"
     client.fail = QueryTimeout("no reply", timeout_ms=3000)
     assert handler.kazoo_call(None, "kq-1") == -1
-    assert "$var(kzR)" not in ksr.vars
+    assert ksr.vars["$var(kzR)"] == ""  # a string, never the 0 an unset $var reads as
 
 
 def test_async_query_suspends_registers_the_watchdog_and_stops_the_script(env: Any) -> None:

@@ -172,16 +172,16 @@ async def test_async_answers_continue_into_the_reply_or_the_timeout_route() -> N
     kam = FakeKamailio(lambda p, h, b: (200, b""))
     await kam.start()
     sink = _sink(kam.port, [])
+    await sink.start()
     resume = {"tindex": 5, "tlabel": 9, "reply_route": "R", "timeout_route": "T"}
 
-    async def reply() -> str:
-        return '{ "ok": true }'
-
-    async def timeout() -> str:
-        raise QueryTimeout("no reply", timeout_ms=1)
-
-    sink.answer_later(reply(), resume)
-    sink.answer_later(timeout(), resume)
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[str] = loop.create_future()
+    timeout: asyncio.Future[str] = loop.create_future()
+    sink.answer_later(reply, resume)
+    sink.answer_later(timeout, resume)
+    reply.set_result('{ "ok": true }')
+    timeout.set_exception(QueryTimeout("no reply", timeout_ms=1))
     await _until(lambda: len(kam.requests) == 2)
     got = sorted((h["X-Kazoo-Resume-Route"], b) for p, h, b in kam.requests)
     assert got == [("R", b'{ "ok": true }'), ("T", b"")]
