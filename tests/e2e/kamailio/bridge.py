@@ -1,7 +1,8 @@
 """The Kamailio bridge stack for end-to-end tests and the bridge benchmark.
 
-:class:`Stack` prepares a run directory from the converted example (``tests/e2e/bridge_fixture``,
-``mode="bridge"``) or the original example on the C module (``examples/kamailio``, ``mode="c"``),
+:class:`Stack` prepares a run directory from ``examples/kamailio`` converted by the real
+``kazoo-amqp kamailio-convert`` (``mode="bridge"``) or the original example on the C module
+(``mode="c"``),
 with unique exchange/queue/node names and free ports, and starts/stops Kamailio and the daemon
 by PID. :class:`Responder` plays a Kazoo service (pika), :func:`publish` a Kazoo publisher.
 """
@@ -53,13 +54,13 @@ __all__ = [
     "authn",
     "cleanup",
     "collector",
+    "convert_cli",
     "encode",
     "free_tcp_port",
     "missing",
     "publish",
 ]
 
-FIXTURE = REPO / "tests" / "e2e" / "bridge_fixture"
 EXAMPLE = REPO / "examples" / "kamailio"
 KAMAILIO_SHARE = Path("/usr/share/kamailio/db_sqlite")
 NEEDED = ("kazoo", "xhttp", "app_python3", "htable", "dispatcher", "presence",
@@ -92,6 +93,19 @@ def missing() -> str | None:
     except OSError:
         return "RabbitMQ is not running on 127.0.0.1:5672"
     return None
+
+
+def convert_cli(cfg: Path, out_dir: Path, *options: str) -> str:
+    """Run ``kazoo-amqp kamailio-convert CFG --out-dir DIR [options]`` as a user would (a
+    subprocess); return what it printed. Fails the test on a non-zero exit."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "kazoo_amqp", "kamailio-convert", str(cfg),
+         "--out-dir", str(out_dir), *options],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def free_tcp_port() -> int:
@@ -128,19 +142,21 @@ class Stack:
         self.run_dir = run_dir  # for sipp Watchers
         self.domain = REALM
         self.log_path = self.kam_log
+        self.convert_output = ""
 
     # ---- files
     def prepare(self) -> None:
-        from kazoo_amqp.core.kamailio.bridge_cfg import render_includes
-
+        """The example with this run's #!define values; on the bridge, converted with the real
+        ``kazoo-amqp kamailio-convert`` (``self.convert_output`` holds what it printed)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        source = FIXTURE if self.mode == "bridge" else EXAMPLE
-        for f in source.iterdir():
+        d = self.dir
+        source = d / "original" if self.mode == "bridge" else d
+        source.mkdir(exist_ok=True)
+        for f in EXAMPLE.iterdir():
             if f.is_file():
-                shutil.copy(f, self.dir / f.name)
+                shutil.copy(f, source / f.name)
         self.sip_port, self.rpc_port = free_udp_ports(2)
         self.bridge_port = free_tcp_port()
-        d = self.dir
         defines = {
             "MY_HOSTNAME": f'"{self.node}"',
             "MY_SIP_LISTEN": f"udp:{LOCALHOST}:{self.sip_port}",
@@ -155,37 +171,23 @@ class Stack:
             "NODES_EXCHANGE": self.ex["nodes"],
             "AUTH_TIMEOUT_MS": str(AUTH_TIMEOUT_MS),
         }
-        cfg = (d / "kamailio.cfg").read_text()
+        cfg = (source / "kamailio.cfg").read_text()
         for name, value in defines.items():
             cfg, n = re.subn(rf"^#!define {name} .*$", f"#!define {name} {value}", cfg, flags=re.M)
             assert n == 1, name
         cfg = cfg.replace("log_stderror=no", "log_stderror=yes")
-        (d / "kamailio.cfg").write_text(cfg)
+        (source / "kamailio.cfg").write_text(cfg)
         self._database()
         if self.mode == "c":
             return
-        toml = (d / "kazoo-amqp.toml").read_text()
-        toml = toml.replace('"kamailio1.example.net"', f'"{self.node}"')
-        toml = toml.replace("sqlite:////var/lib/kamailio/kazoo.db", f"sqlite:///{d}/kazoo.db")
-        toml = toml.replace("127.0.0.1:5091", f"127.0.0.1:{self.bridge_port}")
-        toml = toml.replace('socket = "kazoo-amqp.sock"', 'socket = "kz.sock"')
-        toml = toml.replace("socket_workers = 4", f"socket_workers = {self.socket_workers}")
-        (d / "kazoo-amqp.toml").write_text(toml)
-        loaded = re.findall(r'^loadmodule "([^"]+)"', cfg, re.M)
-        files = render_includes(
-            bridge=f"127.0.0.1:{self.bridge_port}",
-            socket_workers=self.socket_workers,
-            max_event_bytes=1048576,
-            loaded_modules=loaded,
-            original_xhttp_route=None,
-            resume_routes=["KZ_AUTHORIZATION_REPLY", "KZ_AUTHORIZATION_TIMEOUT"],
-            toml_name="kazoo-amqp.toml",
-            node_hostname=self.node,
-            out_dir=str(d),
-            package_dir=str(REPO / "src"),
+        self.convert_output = convert_cli(
+            source / "kamailio.cfg",
+            d,
+            "--bridge",
+            f"127.0.0.1:{self.bridge_port}",
+            "--socket-workers",
+            str(self.socket_workers),
         )
-        for name, text in files.items():
-            (d / name).write_text(text)
 
     def _database(self) -> None:
         d = self.dir
@@ -245,7 +247,7 @@ class Stack:
     def status(self) -> dict[str, Any]:
         from kazoo_amqp import Client
 
-        with Client(str(self.dir / "kz.sock"), timeout=2) as c:
+        with Client(str(self.dir / "kazoo-amqp.sock"), timeout=2) as c:
             result: dict[str, Any] = c.status()
             return result
 

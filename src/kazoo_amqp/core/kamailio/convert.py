@@ -177,9 +177,9 @@ def convert(
     read: Reader,
     *,
     out_dir: str | None = None,
-    bridge: str = DEFAULT_BRIDGE,
-    socket_workers: int = DEFAULT_SOCKET_WORKERS,
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    bridge: str | None = None,
+    socket_workers: int | None = None,
+    max_event_bytes: int | None = None,
     package_dir: str | None = None,
 ) -> Conversion:
     """Convert the cfg at absolute path ``main_path`` (see the module docstring).
@@ -189,8 +189,8 @@ def convert(
     folder (``/`` by default) before app_python3 loads its script. Without it (tests) they
     use the bare file name.
 
-    ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]`` unless the input
-    folder's ``kazoo-amqp.toml`` of an already converted cfg sets them. ``package_dir``: the
+    ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]``; None keeps what
+    the input folder's ``kazoo-amqp.toml`` of an already converted cfg says, else the default. ``package_dir``: the
     folder holding the ``kazoo_amqp`` package for Kamailio's Python (the generated app_python3
     script puts it on ``sys.path``; see :func:`bridge_cfg.render_includes`).
 
@@ -302,9 +302,9 @@ class _Converter:
 
     def run(
         self,
-        bridge: str,
-        socket_workers: int,
-        max_event_bytes: int,
+        bridge: str | None,
+        socket_workers: int | None,
+        max_event_bytes: int | None,
         toml_path: str,
         *,
         out_dir: str | None,
@@ -1048,7 +1048,9 @@ class _Converter:
         )
         self.counts[f'include_file "{MODULES_INCLUDE}" / "{ROUTES_INCLUDE}" added'] += 2
 
-    def _toml(self, bridge: str, socket_workers: int, max_event_bytes: int) -> dict[str, Any]:
+    def _toml(
+        self, bridge: str | None, socket_workers: int | None, max_event_bytes: int | None
+    ) -> dict[str, Any]:
         previous = dict(self.previous or {})
         old_kamailio = previous.pop("kamailio", {})
         old_kamailio = old_kamailio if isinstance(old_kamailio, dict) else {}
@@ -1078,9 +1080,11 @@ class _Converter:
                 shown=None if f else posixpath.basename(self.main_path),
             )
         kamailio: dict[str, Any] = {
-            "bridge": old_kamailio.get("bridge", bridge),
-            "socket_workers": old_kamailio.get("socket_workers", socket_workers),
-            "max_event_bytes": old_kamailio.get("max_event_bytes", max_event_bytes),
+            "bridge": bridge or old_kamailio.get("bridge", DEFAULT_BRIDGE),
+            "socket_workers": socket_workers
+            or old_kamailio.get("socket_workers", DEFAULT_SOCKET_WORKERS),
+            "max_event_bytes": max_event_bytes
+            or old_kamailio.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES),
         }
         for key, value in old_kamailio.items():
             if key not in kamailio and key not in ("routes", "calls"):
