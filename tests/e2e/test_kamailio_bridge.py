@@ -6,10 +6,9 @@ stock Kamailio 5.6 with the kazoo-amqp daemon, RabbitMQ, sipp and test responder
     daemon  --HTTP (xhttp bridge socket)-->  Kamailio routes (events, mod-init, async resumes)
     daemon  <-->  RabbitMQ  <-->  pika (the test plays Kazoo: responders, publishers, queues)
 
-The cfg is ``tests/e2e/bridge_fixture/``: a hand conversion of ``examples/kamailio/`` that
-follows ``docs/kamailio-bridge-design.md`` exactly. TODO(merge of the ``conv`` branch): delete
-``bridge_fixture/`` and build the run directory with
-``kazoo_amqp.cli.main(["kamailio-convert", <example>, "--out-dir", run_dir])``.
+The cfg is ``examples/kamailio/`` with this run's ``#!define`` values, converted at test start by
+the real ``kazoo-amqp kamailio-convert`` (a subprocess, as a user runs it); the ``c`` runs take
+the same example unconverted, on the C module.
 
 Each module run gets unique exchange names, node name and queue names, free ports, and its own
 SQLite presence database; every process is stopped by PID.
@@ -194,6 +193,18 @@ def test_dialog_update_gives_one_notify_at_a_sipp_watcher(diag: Stack) -> None:
         assert len(w.wait_notify_bodies(timeout=0, count=2)) == 1, "a second NOTIFY came"
 
 
+def test_connection_events_reach_their_cfg_route(diag: Stack) -> None:
+    s = diag
+    deadline = time.monotonic() + 10
+    while True:
+        got = s.rpc("stats.get_statistics", "kazoo:connections").get("result") or ["= 0"]
+        if int(str(got[0]).rpartition("=")[2].strip() or 0) >= 1:
+            break
+        assert time.monotonic() < deadline, (got, s.diagnostics())
+        time.sleep(0.1)
+    assert "AMQP connection open to 127.0.0.1 (zone local)" in s.kam_log.read_text()
+
+
 def test_sync_query_decides_the_invite_reply(diag: Stack) -> None:
     s = diag
     if s.mode == "c":
@@ -268,6 +279,45 @@ def test_daemon_and_kamailio_restarts_recover_without_a_manual_step(
         while "result" not in s.rpc("htable.get", "nodes", node):
             assert time.monotonic() < deadline, s.diagnostics()
             time.sleep(0.1)
+        # The restarted Kamailio's mod-init subscribes differently (its cfg names its queues
+        # after MY_NODE, changed here): the daemon follows it without a restart of its own.
+        s.stop_kamailio()
+        cfg = s.dir / "kamailio.cfg"
+        renamed = f"{s.node}b"
+        text, n = re.subn(r"^#!define MY_NODE .*$", f"#!define MY_NODE {renamed}",
+                          cfg.read_text(), flags=re.M)  # fmt: skip
+        assert n == 1
+        cfg.write_text(text)
+        mod_inits = s.status()["workers"]["mod_inits"]
+        s.start_kamailio()
+        deadline = time.monotonic() + 20
+        while s.status()["workers"]["mod_inits"] <= mod_inits:
+            assert time.monotonic() < deadline, s.diagnostics()
+            time.sleep(0.1)
+        node2 = unique("media")
+        conn = pika_connection()
+        try:
+            while True:  # the consumers were declared again with the new names
+                ch = conn.channel()
+                try:
+                    ch.queue_declare(f"nodes-{renamed}", passive=True)
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline, s.diagnostics()
+                    time.sleep(0.1)
+            # the old queue is no longer consumed; the new one is
+            conn.channel().queue_delete(f"nodes-{s.node}")
+            publish(s.ex["nodes"], "fanout", "", {"Event-Category": "nodes",
+                                                  "Event-Name": "advertise", "Node": node2,
+                                                  "Expires": 1000})  # fmt: skip
+            while "result" not in s.rpc("htable.get", "nodes", node2):
+                assert time.monotonic() < deadline, s.diagnostics()
+                time.sleep(0.1)
+            assert "now declares" in s.daemon_log.read_text()
+            for q in ("registrar-flush", "presence-dialog", "nodes"):
+                conn.channel().queue_delete(f"{q}-{renamed}")
+        finally:
+            conn.close()
         user3 = user + "-3"
         with Responder(s.ex["registrar"], key, authn({user3: "pw"})):
             assert s.register(user3, "pw").code == 200

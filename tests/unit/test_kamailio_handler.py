@@ -253,6 +253,30 @@ def test_event_for_a_missing_route_is_404(env: Any) -> None:
     assert ksr.replies[0][0] == 404 and ksr.ran == []
 
 
+def test_event_runs_the_first_candidate_route_the_cfg_really_has(env: Any) -> None:
+    # kamailio.routes lists routes inside #!ifdef branches not taken too; Kamailio decides.
+    handler, ksr, _client = env
+    ran: list[str] = []
+    ksr.routes["kazoo:consumer-event-a"] = lambda k: ran.append("a")
+    wanted = "kazoo:consumer-event-a-b,kazoo:consumer-event-a"
+    ksr.vars.update({"$hu": "/kazoo/event", "$rb": "{}", "$hdr(X-Kazoo-Route)": wanted})
+    handler.kazoo_http(None)
+    handler.kazoo_http(None)  # the existence check is cached per process
+    assert ran == ["a", "a"] and [r[0] for r in ksr.replies] == [200, 200]
+
+
+def test_resume_of_a_timeout_sets_kzr_to_an_empty_string(env: Any) -> None:
+    handler, ksr, _client = env
+    ksr.sht["42:7"] = "TIMEOUT"
+    ksr.vars["$var(kzR)"] = "old"
+    ksr.routes["KAZOO_AMQP_RESUME"] = lambda k: None
+    ksr.vars.update({"$hu": "/kazoo/resume", "$rb": "", "$hdr(X-Kazoo-TIndex)": "42",
+                     "$hdr(X-Kazoo-TLabel)": "7",
+                     "$hdr(X-Kazoo-Resume-Route)": "TIMEOUT"})  # fmt: skip
+    handler.kazoo_http(None)
+    assert ksr.vars["$var(kzR)"] == "" and ksr.vars["$var(kzRN)"] == "TIMEOUT"
+
+
 def test_resume_continues_into_the_route_once(env: Any) -> None:
     handler, ksr, _client = env
     ksr.sht["42:7"] = "TIMEOUT"

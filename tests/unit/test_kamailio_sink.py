@@ -24,6 +24,10 @@ class FakeKamailio:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        #: seconds to hold each answer (a slow route), from the request's headers
+        self.delay: Callable[[dict[str, str]], float] = lambda headers: 0.0
+        self.busy = 0
+        self.most_busy = 0
 
     async def start(self, port: int = 0) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -48,6 +52,10 @@ class FakeKamailio:
                 }
                 body = await reader.readexactly(int(headers.get("Content-Length", 0)))
                 self.requests.append((path, headers, body))
+                self.busy += 1
+                self.most_busy = max(self.most_busy, self.busy)
+                await asyncio.sleep(self.delay(headers))
+                self.busy -= 1
                 code, answer = self.status(path, headers, body)
                 writer.write(
                     f"HTTP/1.1 {code} X\r\nContent-Length: {len(answer)}\r\n\r\n".encode() + answer
@@ -189,3 +197,32 @@ async def test_async_answers_continue_into_the_reply_or_the_timeout_route() -> N
     await sink.stop(0)
     await kam.stop()
 
+
+
+async def test_events_of_one_consistent_worker_key_arrive_in_order_over_parallel_lanes() -> None:
+    import random
+
+    kam = FakeKamailio(lambda p, h, b: (200, b""))
+    kam.delay = lambda headers: random.random() * 0.004  # routes of uneven length
+    await kam.start()
+    done: list[tuple[Any, int]] = []
+    bridge = BridgeSettings(host="127.0.0.1", port=kam.port, socket_workers=4, routes=ROUTES)
+    sink = KamailioSink(bridge, on_done=lambda t, o: done.append((t, o)))
+    await sink.start()
+    keys = [f"call-{n}" for n in range(6)]
+    for i in range(40):
+        for key in keys:  # as Consumers does for a consistent-worker subscription
+            body = json.dumps({"Event-Category": "directory", "Key": key, "N": i}).encode()
+            seq = sink.next_seq()
+            frame = pipe.encode_delivery(seq, 0, 1, False, key, "ex", body)
+            sink.dispatch(sink.pick(key.encode()), seq, frame, (key, i))
+    await _until(lambda: len(done) == 240, timeout=20)
+    arrived: dict[str, list[int]] = {}
+    for _, _, body in kam.requests:
+        doc = json.loads(body)
+        arrived.setdefault(doc["Key"], []).append(doc["N"])
+    assert arrived == {key: list(range(40)) for key in keys}
+    assert kam.most_busy > 1  # the lanes did run in parallel
+    assert sorted(o for _, o in done) == [0] * 240
+    await sink.stop(1)
+    await kam.stop()
