@@ -191,8 +191,8 @@ def convert(
 
     ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]``; None keeps what
     the input folder's ``kazoo-amqp.toml`` of an already converted cfg says, else the default.
-    ``package_dir``: the folder holding the ``kazoo_amqp`` package for Kamailio's Python (the generated app_python3
-    script puts it on ``sys.path``; see :func:`bridge_cfg.render_includes`).
+    ``package_dir``: the folder holding the ``kazoo_amqp`` package for Kamailio's Python (the
+    generated app_python3 script puts it on ``sys.path``; see ``bridge_cfg.render_includes``).
 
     Raises:
         ConversionFailed: every problem found, each as ``file:line: construct: why (fix)``.
