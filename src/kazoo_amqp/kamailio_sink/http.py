@@ -1,7 +1,10 @@
 """A minimal HTTP/1.1 keep-alive client over asyncio streams, for Kamailio's xhttp socket.
 
-One request at a time per connection. Every failure to reach Kamailio or to read its complete
-answer is :class:`BridgeDown`; the caller decides whether to send again.
+Requests may be pipelined (:meth:`HttpConnection.send` several, then :meth:`receive` their
+answers in the same order): Kamailio reads one connection's requests one after the other, in
+one process at a time, and answers each before it reads the next. Every failure to reach
+Kamailio or to read its complete answer is :class:`BridgeDown`; the caller decides whether to
+send again.
 """
 
 from __future__ import annotations
@@ -43,12 +46,25 @@ class HttpConnection:
         self, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
     ) -> tuple[int, bytes]:
         """POST ``body`` to ``path``; return (status, body) of the answer."""
+        self.send(path, headers, body)
+        return await self.receive(timeout)
+
+    def send(self, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Write one POST (no wait; :meth:`receive` reads the answers in order)."""
         head = [f"POST {path} HTTP/1.1", "Host: kazoo-amqp", f"Content-Length: {len(body)}"]
         head += [f"{name}: {_clean(value)}" for name, value in headers]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
         try:
+            self.writer.write(data)
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            raise BridgeDown(f"the connection to Kamailio's bridge was lost: {exc!r}") from None
+
+    async def receive(self, timeout: float) -> tuple[int, bytes]:
+        """The next answer: (status, body). ``TimeoutError`` after ``timeout`` s (the
+        connection is closed then: later answers could not be matched any more)."""
+        try:
             async with asyncio.timeout(timeout):
-                self.writer.write(data)
                 await self.writer.drain()
                 raw = await self.reader.readuntil(b"\r\n\r\n")
                 status, length, close = _parse_head(raw)

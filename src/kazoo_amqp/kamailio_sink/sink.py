@@ -4,8 +4,9 @@ Same interface as ``workers.pool.WorkerPool`` (``next_seq``, ``pick``, ``dispatc
 ``on_done``, back-pressure to ``on_pressure``), but each delivery is POSTed to Kamailio's bridge
 socket (``/kazoo/event``) and runs in a cfg route there. Rules:
 
-* **Lanes.** ``socket_workers`` keep-alive HTTP connections, one request in flight each, each
-  with its own queue; ``consistent-worker`` keys pick the lane by hash (order per key), other
+* **Lanes.** ``socket_workers`` keep-alive HTTP connections, each with its own queue and up to
+  ``_WINDOW`` pipelined requests in flight (Kamailio runs one connection's requests one after
+  the other); ``consistent-worker`` keys pick the lane by hash (order per key), other
   deliveries go to the shortest queue. Kamailio runs the lanes in parallel processes.
 * **Ack after the route.** The outcome is reported when Kamailio answered, i.e. after the route
   returned: 200 -> done (ack); 404 (no such route) -> rejected; any other status -> rejected.
@@ -53,6 +54,10 @@ log = logging.getLogger("kazoo_amqp.kamailio")
 
 DONE, FAILED, BAD = 0, 1, 2
 _CONNECT_TIMEOUT = 2.0
+#: Events in flight per lane (pipelined on its connection). More than one hides the round trip
+#: (two process wake-ups per event, costly on a busy machine); Kamailio still runs a lane's
+#: events one after the other, so the order per consistent-worker key holds.
+_WINDOW = 16
 
 
 class _Item:
@@ -312,70 +317,91 @@ class KamailioSink:
             log.warning("Kamailio's bridge %s is unreachable: %s", self.bridge.bridge, exc)
 
     async def _lane(self, index: int) -> None:
+        """Send lane ``index``'s events in order, up to ``_WINDOW`` at a time on one keep-alive
+        connection (pipelined: Kamailio runs them one after the other, so a key's order holds),
+        and report each outcome when its answer comes, i.e. after its route returned."""
         queue, wake = self._queues[index], self._wakes[index]
         backoff = _Backoff(*self.reconnect)
         conn: HttpConnection | None = None
+        sent: collections.deque[_Item] = collections.deque()  # in flight, oldest first
         try:
             while True:
-                if not queue:
+                if not queue and not sent:
                     wake.clear()
                     await wake.wait()
                     continue
-                item = queue[0]
                 try:
                     if conn is None or conn.closed:
                         conn = await self._connect()
                         self.counters["reconnects"] += 1
-                    status, _ = await conn.request(
-                        "/kazoo/event", item.headers, item.body, self.timeout
-                    )
+                    while queue and len(sent) < _WINDOW:
+                        item = queue.popleft()
+                        if item.attempts:
+                            self.counters["resends"] += 1
+                        conn.send("/kazoo/event", item.headers, item.body)
+                        sent.append(item)
+                    status, _ = await conn.receive(self.timeout)
                 except BridgeDown as exc:
+                    # Nothing in flight was answered: all of it goes again, in order.
                     conn = None
-                    if item.attempts:
-                        self.counters["resends"] += 1
+                    for item in reversed(sent):
+                        item.attempts += 1
+                        queue.appendleft(item)
+                    sent.clear()
                     self._down(exc)
                     await backoff.sleep()
                     continue
                 except TimeoutError:
                     conn = None
                     self.counters["timeouts"] += 1
-                    item.attempts += 1
+                    head = sent.popleft()
+                    head.attempts += 1
                     log.error(
                         "Kamailio ran the event from exchange %r routing key %r Msg-ID %r for "
                         "more than %.1f s (kamailio.request_timeout_ms); attempt %d",
-                        item.exchange,
-                        item.routing_key,
-                        item.msg_id,
+                        head.exchange,
+                        head.routing_key,
+                        head.msg_id,
                         self.timeout,
-                        item.attempts,
+                        head.attempts,
                     )
-                    if item.attempts <= self.max_redeliveries:
+                    for item in reversed(sent):  # not answered on the closed connection
+                        queue.appendleft(item)
+                    sent.clear()
+                    if head.attempts <= self.max_redeliveries:
+                        queue.appendleft(head)
                         continue
                     self.counters["gave_up"] += 1
-                    status = 0
+                    self._outcome(head, 0)
+                    continue
                 backoff.reset()
-                queue.popleft()
-                self._queued -= 1
-                if 200 <= status < 300:
-                    self._finish(item, DONE)
-                else:
-                    if status == 404:
-                        self.counters["no_route"] += 1
-                    log.warning(
-                        "Kamailio answered %s to the event from exchange %r routing key %r "
-                        "Msg-ID %r; rejected",
-                        status or "nothing",
-                        item.exchange,
-                        item.routing_key,
-                        item.msg_id,
-                    )
-                    self._finish(item, FAILED)
-                if self._paused and self._queued <= self.low_water:
-                    self._paused = False
-                    self.on_pressure(False)
+                self._outcome(sent.popleft(), status)
         finally:
+            for item in reversed(sent):  # unanswered: stop() reports them as not finished
+                queue.appendleft(item)
             if conn is not None:
                 conn.close()
+
+    def _outcome(self, item: _Item, status: int) -> None:
+        """Kamailio answered ``item`` with ``status`` (0: gave up): ack or reject it."""
+        self._queued -= 1
+        if 200 <= status < 300:
+            self._finish(item, DONE)
+        else:
+            if status == 404:
+                self.counters["no_route"] += 1
+            log.warning(
+                "Kamailio answered %s to the event from exchange %r routing key %r "
+                "Msg-ID %r; rejected",
+                status or "nothing",
+                item.exchange,
+                item.routing_key,
+                item.msg_id,
+            )
+            self._finish(item, FAILED)
+        if self._paused and self._queued <= self.low_water:
+            self._paused = False
+            self.on_pressure(False)
 
     # -- mod-init ---------------------------------------------------------------------------
     def watch_mod_init(
