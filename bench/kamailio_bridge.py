@@ -18,8 +18,11 @@ starts a fresh stack (tests/e2e/kamailio/bridge.py: free ports, unique names).
   responder; throughput = authenticated REGISTERs per second, latency = the authenticated
   REGISTER's round trip (p50/p90).
 
-Not measured here: the ``kazoo_publish`` caller cost inside a SIP worker (it needs timing inside
-Kamailio; bench/publish.py measures the daemon's publish path that the bridge uses).
+* **publish**: ``kazoo_publish`` from a SIP route (a small cfg of its own, converted for the
+  bridge): a MESSAGE whose route calls ``kazoo_publish`` ``X-Count`` times. Caller cost per
+  call = (round trip with N calls - round trip with 0) / N, p50 over ``--publish-requests``
+  requests, from one sender (one SIP worker) and from four at once (four SIP workers);
+  throughput = calls / wall time with four senders; every message is counted in a bound queue.
 
 Writes ``bench/results/kamailio_bridge.json``.
 """
@@ -143,6 +146,135 @@ def _registers(stack: Stack, total: int, callers: int) -> dict[str, Any]:
     }
 
 
+PUBLISH_CFG = """#!KAMAILIO
+#!define EXCHANGE {exchange}
+debug=1
+log_stderror=yes
+max_while_loops=1000000
+children=4
+auto_aliases=no
+listen=udp:127.0.0.1:{sip_port}
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "jsonrpcs.so"
+loadmodule "kazoo.so"
+modparam("kazoo", "node_hostname", "{node}")
+modparam("kazoo", "amqp_connection", "amqp://guest:guest@127.0.0.1:5672")
+modparam("kazoo", "pua_mode", 0)
+modparam("jsonrpcs", "transport", 4)
+modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:{rpc_port}")
+request_route {{
+    if (is_method("OPTIONS")) {{
+        sl_send_reply("200", "Alive");
+        exit;
+    }}
+    $var(n) = $(hdr(X-Count){{s.int}});
+    $var(i) = 0;
+    $var(payload) = $_s({{"Event-Category" : "bench", "Event-Name" : "publish", "N" : "$ci"}});
+    while ($var(i) < $var(n)) {{
+        kazoo_publish("$def(EXCHANGE)", "bench.publish", $var(payload));
+        $var(i) = $var(i) + 1;
+    }}
+    sl_send_reply("200", "OK");
+    exit;
+}}
+"""
+
+
+class PublishStack(Stack):
+    """Kamailio running PUBLISH_CFG (on the bridge: converted with kamailio-convert)."""
+
+    def prepare(self) -> None:
+        from kamailio.bridge import convert_cli, free_tcp_port
+        from kamailio.harness import free_udp_ports
+
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        self.sip_port, self.rpc_port = free_udp_ports(2)
+        self.bridge_port = free_tcp_port()
+        source = d / "original" if self.mode == "bridge" else d
+        source.mkdir(exist_ok=True)
+        (source / "kamailio.cfg").write_text(PUBLISH_CFG.format(
+            exchange=self.ex["callmgr"], sip_port=self.sip_port, rpc_port=self.rpc_port,
+            node=self.node))  # fmt: skip
+        if self.mode == "bridge":
+            convert_cli(source / "kamailio.cfg", d, "--bridge", f"127.0.0.1:{self.bridge_port}")
+
+    def wait_c_consuming(self, timeout: float = 20) -> None:
+        time.sleep(2)  # the C module's publisher connects on its own
+
+
+def _publish_round(stack: Stack, count: int, requests: int) -> list[float]:
+    return [stack.sip("MESSAGE", headers=(f"X-Count: {count}",), timeout=60).elapsed
+            for _ in range(requests)]  # fmt: skip
+
+
+def _publishes(a: argparse.Namespace, mode: str) -> dict[str, Any]:
+    n, reqs = a.publish_calls, a.publish_requests
+    with tempfile.TemporaryDirectory(prefix=f"kzb-bench-pub-{mode}-") as tmp:
+        stack = PublishStack(Path(tmp), mode)
+        stack.prepare()
+        conn = pika_connection()
+        ch = conn.channel()
+        ex = stack.ex["callmgr"]
+        ch.exchange_declare(ex, exchange_type="topic")
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queue, ex, "bench.#")
+        try:
+            stack.start_kamailio()
+            stack.start_daemon(wait_subscribed=False)
+            if mode == "bridge":
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(Exception):
+                        if any(b["up"] for b in stack.status()["manager"]["brokers"]):
+                            break
+                    time.sleep(0.1)
+            _publish_round(stack, 50, 3)  # warm up: connections to the daemon/publisher
+            empty = statistics.median(_publish_round(stack, 0, reqs))
+            one = [(t - empty) / n * 1e6 for t in _publish_round(stack, n, reqs)]
+            four: list[float] = []
+            lock = threading.Lock()
+
+            def sender() -> None:
+                got = [(t - empty) / n * 1e6 for t in _publish_round(stack, n, reqs)]
+                with lock:
+                    four.extend(got)
+
+            threads = [threading.Thread(target=sender) for _ in range(4)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            wall = time.monotonic() - t0
+            expected = (3 * 50) + n * reqs * 5
+            deadline = time.monotonic() + 30
+            while True:
+                arrived = ch.queue_declare(queue, passive=True).method.message_count
+                if arrived >= expected or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            return {
+                "calls_per_request": n,
+                "caller_us_p50_one": round(statistics.median(one), 1),
+                "caller_us_p50_four": round(statistics.median(four), 1),
+                "throughput_four_per_s": round(4 * n * reqs / wall, 1),
+                "expected": expected,
+                "arrived": arrived,
+            }
+        finally:
+            with contextlib.suppress(Exception):
+                stack.stop_daemon()
+            stack.stop_kamailio()
+            with contextlib.suppress(Exception):
+                ch.exchange_delete(ex)
+                conn.close()
+
+
 def run_mode(mode: str, a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"kzb-bench-{mode}-") as tmp:
         stack = Stack(Path(tmp), mode, socket_workers=a.socket_workers)
@@ -155,12 +287,14 @@ def run_mode(mode: str, a: argparse.Namespace) -> dict[str, Any]:
             reg = _registers(stack, a.registers, a.callers)
             L.log(mode, "register", {k: v for k, v in reg.items() if k != "auth_latency_ms"},
                   reg["auth_latency_ms"])  # fmt: skip
-            return {"events": ev, "register": reg}
         finally:
             with contextlib.suppress(Exception):
                 stack.stop_daemon()
             stack.stop_kamailio()
             cleanup(stack)
+    pub = _publishes(a, mode)
+    L.log(mode, "publish", pub)
+    return {"events": ev, "register": reg, "publish": pub}
 
 
 def main() -> int:
@@ -170,6 +304,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--registers", type=int, default=1280)
     ap.add_argument("--callers", type=int, default=32)
+    ap.add_argument("--publish-calls", type=int, default=200,
+                    help="kazoo_publish calls per SIP request")
+    ap.add_argument("--publish-requests", type=int, default=20,
+                    help="SIP requests per sender")
     ap.add_argument("--modes", default="bridge,c")
     ap.add_argument("--socket-workers", type=int, default=4,
                     help="Kamailio processes on the bridge socket (and daemon lanes)")
@@ -198,6 +336,10 @@ def main() -> int:
         ("events into a cfg route (/s)", ("events", "rate_per_s"), "higher"),
         ("REGISTER via async query (/s)", ("register", "rate_per_s"), "higher"),
         ("REGISTER auth p50 (ms)", ("register", "auth_latency_ms", "p50"), "lower"),
+        ("kazoo_publish caller p50, 1 process (us)", ("publish", "caller_us_p50_one"), "lower"),
+        ("kazoo_publish caller p50, 4 processes (us)", ("publish", "caller_us_p50_four"),
+         "lower"),
+        ("kazoo_publish from 4 processes (/s)", ("publish", "throughput_four_per_s"), "higher"),
     ):
         b, c = med("bridge", *path), med("c", *path)
         ratio = round(b / c, 2) if b and c else None

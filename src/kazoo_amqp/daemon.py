@@ -153,9 +153,24 @@ class DaemonBackend:
                 "async_query needs the Kamailio bridge: the config has no [kamailio] table "
                 "(convert the cfg with kazoo-amqp kamailio-convert)"
             )
-        outcome = self.daemon.manager.start_query(
-            exchange, routing_key, payload, headers, timeout_ms, mandatory=True
-        )
+        try:
+            outcome = self.daemon.manager.start_query(
+                exchange, routing_key, payload, headers, timeout_ms, mandatory=True
+            )
+        except Exception as exc:
+            # The caller does not wait for this answer: the transaction goes to its timeout
+            # route now, and the error is logged here.
+            log.warning(
+                "async query to exchange %r routing key %r refused: %s; running %s",
+                exchange,
+                routing_key,
+                exc,
+                resume.get("timeout_route"),
+            )
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_exception(exc)
+            sink.answer_later(outcome, resume)
+            raise
         sink.answer_later(outcome, resume)
         return {"accepted": True}
 

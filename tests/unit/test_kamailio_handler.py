@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kazoo_amqp.errors import NotConnected, QueryTimeout
+from kazoo_amqp.errors import BadPayload, NotConnected, QueryTimeout
 from kazoo_amqp.kamailio.handler import BridgeHandler
 
 
@@ -87,6 +87,15 @@ class FakeClient:
         if self.fail is not None:
             raise self.fail
 
+    late: list[Exception] = []
+
+    def publish_nowait(self, *args: Any, **kw: Any) -> None:
+        self._record("publish", *args, **kw)
+
+    def late_errors(self) -> list[Exception]:
+        errors, self.late = self.late, []
+        return errors
+
     def publish(self, *args: Any, **kw: Any) -> dict[str, Any]:
         self._record("publish", *args, **kw)
         return {}
@@ -155,6 +164,13 @@ def test_publish_expands_every_argument_with_kamailios_format_engine(env: Any) -
     assert client.calls == [
         ("publish", ("callmgr", "reg.success.example.net", '{"a": 1}', "a=1;b=example.net"), {})
     ]
+
+
+def test_a_publish_the_daemon_refused_later_is_logged_at_the_next_call(env: Any) -> None:
+    handler, ksr, client = env
+    client.late = [BadPayload("payload is not a JSON object")]
+    assert handler.kazoo_call(None, "kp-1") == 1
+    assert len(ksr.errors) == 1 and "refused an earlier publish" in ksr.errors[0]
 
 
 def test_a_failed_call_is_one_log_line_and_a_negative_return(env: Any) -> None:

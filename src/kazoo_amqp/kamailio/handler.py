@@ -179,8 +179,16 @@ class BridgeHandler:
     def _publish(self, site: CallSite) -> int:
         args = [self._eval(a) for a in site.args]
         headers = args[3] if len(args) > 3 and args[3] else None
-        self.client().publish(args[0], args[1], args[2], headers)
+        client = self.client()
+        # Sent without waiting: the SIP worker never waits on the daemon (C: a pipe write).
+        client.publish_nowait(args[0], args[1], args[2], headers)
+        self._late(client)
         return 1
+
+    def _late(self, client: Any) -> None:
+        """Log what the daemon refused of earlier calls sent without waiting."""
+        for exc in client.late_errors():
+            self._error(f"kazoo-amqp: the daemon refused an earlier publish or query: {exc}")
 
     def _query(self, site: CallSite) -> int:
         ksr = self.ksr
@@ -249,6 +257,8 @@ class BridgeHandler:
             "timeout_route": timeout_route,
         }
         try:
+            # Sent without waiting: a query the daemon refuses goes to the timeout route from
+            # there, at once.
             self.client().async_query(exchange, routing_key, payload, resume, timeout_ms=timeout_ms)
         except KazooError as exc:
             # The transaction is suspended already: let the watchdog take it to the timeout
