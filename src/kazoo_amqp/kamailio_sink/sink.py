@@ -37,7 +37,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kazoo_amqp.core import jsonc, pipe
@@ -152,8 +152,8 @@ class KamailioSink:
         }
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -213,6 +213,8 @@ class KamailioSink:
 
     def _item(self, frame: bytes, token: Any) -> _Item | None:
         msg = pipe.decode_to_worker(frame[HEADER_SIZE:])  # the frame without its length
+        exchange: str | None
+        routing_key: str | None
         if isinstance(msg, pipe.DeliveryFrame):
             exchange, routing_key, body = msg.exchange, msg.routing_key, msg.body
             binding = self.bindings[msg.binding] if msg.binding < len(self.bindings) else None
@@ -246,6 +248,7 @@ class KamailioSink:
         else:
             text = body  # connection events keep the C module's literal text
         msg_id = doc.get("Msg-ID")
+        names: list[str] | tuple[str, ...]
         if isinstance(msg, pipe.NamedEventFrame):  # kazoo:publish-failed: no fallback
             names = [msg.route]
         else:
