@@ -124,7 +124,9 @@ class DaemonBackend:
             exchange, routing_key, payload, headers, timeout_ms, mandatory=mandatory
         )
 
-    async def pua_publish(self, payload: str | dict[str, Any], package: str | None) -> dict[str, Any]:
+    async def pua_publish(
+        self, payload: str | dict[str, Any], package: str | None
+    ) -> dict[str, Any]:
         if self._presence is None:
             from kazoo_amqp.presence.service import PresenceService
 
