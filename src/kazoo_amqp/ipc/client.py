@@ -46,6 +46,9 @@ T = TypeVar("T")
 _RECV_SIZE = 65536
 #: Errors of requests sent without waiting kept for :meth:`Client.late_errors`.
 _LATE_ERRORS = 100
+#: Requests sent without waiting between two non-blocking reads of their answers (~40 bytes
+#: each: far below the socket buffers).
+_DRAIN_EVERY = 64
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE killing Kamailio
 
 
@@ -70,6 +73,7 @@ class Client:
         self._stream = rq.Stream()
         self._responses: deque[Response] = deque()
         self._late: deque[KazooError] = deque(maxlen=_LATE_ERRORS)
+        self._unread = 0  # answers to requests sent without waiting, not read yet
         self._lock = threading.Lock()
 
     @property
@@ -169,10 +173,12 @@ class Client:
         self._post(rq.async_query(exchange, routing_key, payload, resume, timeout_ms, headers))
 
     def late_errors(self) -> list[KazooError]:
-        """Errors the daemon answered to requests sent without waiting, oldest first (at most
-        the last ``_LATE_ERRORS``); read answers already received without blocking."""
+        """Errors the daemon answered to requests sent without waiting, as read so far (answers
+        are read every ``_DRAIN_EVERY`` such requests and by every waiting call), oldest first,
+        at most the last ``_LATE_ERRORS``."""
+        if not self._late:
+            return []
         with self._lock:
-            self._drain()
             errors = list(self._late)
             self._late.clear()
         return errors
@@ -219,6 +225,7 @@ class Client:
             request_id, frame = self._stream.encode(call)
             sock = self._send(frame, request_id, op)
             response = self._wait(sock, request_id, op, call.wait or self._timeout)
+            self._unread = 0  # the answers before ours were read on the way
         return call.outcome(response)
 
     def _send(self, frame: bytes, request_id: int, op: str) -> socket.socket:
@@ -255,7 +262,10 @@ class Client:
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
-            self._drain()
+            self._unread += 1
+            if self._unread >= _DRAIN_EVERY:  # a few syscalls, not on every call
+                self._unread = 0
+                self._drain()
             request_id, frame = self._stream.encode(call)
             self._send(frame, request_id, call.op)
 
@@ -377,6 +387,7 @@ class Client:
         sock = self._sock
         self._sock = None
         self._responses.clear()
+        self._unread = 0
         if sock is not None:
             sock.close()
 
