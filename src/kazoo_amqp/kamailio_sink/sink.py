@@ -58,6 +58,8 @@ _CONNECT_TIMEOUT = 2.0
 #: (two process wake-ups per event, costly on a busy machine); Kamailio still runs a lane's
 #: events one after the other, so the order per consistent-worker key holds.
 _WINDOW = 16
+#: Connections a resume is tried on before Kamailio's watchdog is left to time it out.
+_RESUME_ATTEMPTS = 3
 
 
 class _Item:
@@ -78,6 +80,16 @@ class _Item:
         self.exchange = exchange
         self.routing_key = routing_key
         self.msg_id = msg_id
+        self.attempts = 0
+
+
+class _Resume:
+    __slots__ = ("attempts", "body", "headers", "resume")
+
+    def __init__(self, headers: list[tuple[str, str]], body: bytes, resume: dict[str, Any]) -> None:
+        self.headers = headers
+        self.body = body
+        self.resume = resume
         self.attempts = 0
 
 
@@ -127,9 +139,7 @@ class KamailioSink:
         ]
         self._wakes = [asyncio.Event() for _ in range(self.size)]
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._resumes: asyncio.Queue[tuple[list[tuple[str, str]], bytes, dict[str, Any]]] = (
-            asyncio.Queue()
-        )
+        self._resumes: asyncio.Queue[_Resume] = asyncio.Queue()
         self._seq = 0
         self._queued = 0
         self._paused = False
@@ -463,46 +473,68 @@ class KamailioSink:
             ("X-Kazoo-TLabel", str(resume["tlabel"])),
             ("X-Kazoo-Resume-Route", route),
         ]
-        self._resumes.put_nowait((headers, body, resume))
+        self._resumes.put_nowait(_Resume(headers, body, resume))
 
     async def _resume_lane(self) -> None:
-        """Sends resumes, one at a time, on its own keep-alive connection (several lanes run,
-        so resumes run in parallel Kamailio processes)."""
+        """Sends resumes on its own keep-alive connection, pipelined up to ``_WINDOW`` (several
+        lanes run, so resumes run in parallel Kamailio processes; their order does not
+        matter). A resume is tried on up to ``_RESUME_ATTEMPTS`` connections, then left to
+        Kamailio's watchdog."""
         conn: HttpConnection | None = None
+        todo: collections.deque[_Resume] = collections.deque()  # taken, not sent yet
+        sent: collections.deque[_Resume] = collections.deque()  # sent, answer not read yet
+        queue = self._resumes
         try:
             while True:
-                headers, body, resume = await self._resumes.get()
-                for attempt in range(3):
-                    try:
-                        if conn is None or conn.closed:
-                            conn = await self._connect()
-                        status, _ = await conn.request("/kazoo/resume", headers, body, self.timeout)
-                    except (BridgeDown, TimeoutError) as exc:
-                        conn = None
-                        self._down(exc)
-                        await asyncio.sleep(0.05 * (attempt + 1))
-                        continue
-                    self.counters["resumes"] += 1
-                    if status != 200:
-                        log.info(
-                            "resume of transaction %s:%s answered %d (already continued by "
-                            "Kamailio's watchdog?)",
-                            resume["tindex"],
-                            resume["tlabel"],
-                            status,
-                        )
-                    break
-                else:
-                    self.counters["resume_failed"] += 1
-                    log.error(
-                        "cannot resume transaction %s:%s in Kamailio; its watchdog will run %s",
-                        resume["tindex"],
-                        resume["tlabel"],
-                        resume["timeout_route"],
+                if not todo and not sent:
+                    todo.append(await queue.get())
+                while len(todo) + len(sent) < _WINDOW and not queue.empty():
+                    todo.append(queue.get_nowait())
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    while todo:
+                        item = todo[0]
+                        conn.send("/kazoo/resume", item.headers, item.body)
+                        sent.append(todo.popleft())
+                    status, _ = await conn.receive(self.timeout)
+                except (BridgeDown, TimeoutError) as exc:
+                    conn = None
+                    self._down(exc)
+                    for item in reversed(sent):
+                        todo.appendleft(item)
+                    sent.clear()
+                    for item in list(todo):
+                        item.attempts += 1
+                        if item.attempts >= _RESUME_ATTEMPTS:
+                            todo.remove(item)
+                            self._resume_failed(item.resume)
+                    await asyncio.sleep(0.05)
+                    continue
+                item = sent.popleft()
+                self.counters["resumes"] += 1
+                if status != 200:
+                    log.info(
+                        "resume of transaction %s:%s answered %d (already continued by "
+                        "Kamailio's watchdog?)",
+                        item.resume["tindex"],
+                        item.resume["tlabel"],
+                        status,
                     )
         finally:
+            for item in (*sent, *todo):
+                self._resume_failed(item.resume)
             if conn is not None:
                 conn.close()
+
+    def _resume_failed(self, resume: dict[str, Any]) -> None:
+        self.counters["resume_failed"] += 1
+        log.error(
+            "cannot resume transaction %s:%s in Kamailio; its watchdog will run %s",
+            resume["tindex"],
+            resume["tlabel"],
+            resume["timeout_route"],
+        )
 
     # -- status -------------------------------------------------------------------------------
     @property
