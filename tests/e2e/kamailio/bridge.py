@@ -143,6 +143,8 @@ class Stack:
         self.domain = REALM
         self.log_path = self.kam_log
         self.convert_output = ""
+        #: False while a test's responder stays silent on purpose (no retry on C then)
+        self.responder_answers = True
 
     # ---- files
     def prepare(self) -> None:
@@ -342,7 +344,17 @@ class Stack:
                     return SipReply(int(m.group(1)), m.group(2), hdrs, time.monotonic() - t0)
 
     def register(self, user: str, password: str, timeout: float = 5.0) -> SipReply:
-        """REGISTER, expect a 401 challenge, answer it with ``password``."""
+        """REGISTER, expect a 401 challenge, answer it with ``password``.
+
+        On the C module a "Directory Timeout" is tried once more: 5.6.3 now and then hands the
+        async reply to its consumers as an event ("kazoo:consumer-event not found") and the
+        query times out (1-3 % of REGISTERs in bench/kamailio_bridge.py; docs/kamailio.md)."""
+        reply = self._register(user, password, timeout)
+        if self.mode == "c" and reply.code == 500 and self.responder_answers:
+            reply = self._register(user, password, timeout)
+        return reply
+
+    def _register(self, user: str, password: str, timeout: float) -> SipReply:
         first = self.sip("REGISTER", user=user, timeout=timeout)
         assert first.code == 401, first
         chal = first.headers["www-authenticate"]
