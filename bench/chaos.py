@@ -384,6 +384,12 @@ class ChaosDaemon:
         self.started_mono = 0.0
         self.all_pids: set[int] = set()
 
+    def db_init(self) -> None:
+        """``kazoo-amqp db init``: the presentity table, as an operator creates it once."""
+        subprocess.run([L.PY, "-m", "kazoo_amqp", "db", "init", "--config", str(self.config_path)],
+                       cwd=self.dir, env=L.child_env(), capture_output=True, timeout=60,
+                       check=True)
+
     def launch(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -452,6 +458,8 @@ class ChaosDaemon:
 class Stats:
     ok: Counter[str] = field(default_factory=Counter)
     errors: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    #: "kind daemon error" -> count, to tell which daemon's outage a failure belongs to
+    by_daemon: Counter[str] = field(default_factory=Counter)
     confirmed: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     query_late: list[dict[str, Any]] = field(default_factory=list)
     query_wrong: list[dict[str, Any]] = field(default_factory=list)
@@ -480,6 +488,31 @@ def dialog(i: int, msg_id: str) -> dict[str, Any]:
     }
 
 
+class LoopLag:
+    """How late this script's own event loop runs (a 10 ms ticker), so a late answer can be
+    told apart from a late measurement."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, float]] = []  # (when, lag ms) over 20 ms
+        self.max_ms = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            lag = (loop.time() - t - 0.01) * 1000
+            self.max_ms = max(self.max_ms, lag)
+            if lag > 20:
+                self.events.append((time.monotonic(), lag))
+                del self.events[:-1000]
+
+    def recent_ms(self, window: float = 1.5) -> float:
+        """The largest lag in the last ``window`` seconds."""
+        now = time.monotonic()
+        return max((lag for when, lag in self.events if now - when <= window), default=0.0)
+
+
 class Load:
     """Paced load generators through the daemons' sockets (AsyncClient), bounded by time."""
 
@@ -491,6 +524,8 @@ class Load:
         self.qt = query_timeout_ms
         self.kw = confirm_kw()
         self.seq = Counter[str]()
+        self.t0 = time.monotonic()
+        self.lag = LoopLag()
 
     def _id(self, kind: str, d: ChaosDaemon) -> str:
         self.seq[kind] += 1
@@ -508,16 +543,22 @@ class Load:
                 ms = (time.monotonic() - t0) * 1000
                 name = type(exc).__name__
                 st.errors[kind][name] += 1
+                st.by_daemon[f"{kind} {d.label} {name}"] += 1
                 if name == "QueryTimeout":
                     st.query_timeouts += 1
                     if ms > self.qt + LATE_MS:
-                        st.query_late.append({"msg_id": msg_id, "ms": round(ms, 1),
-                                              "outcome": "timeout"})
+                        st.query_late.append({
+                            "msg_id": msg_id, "ms": round(ms, 1), "outcome": "timeout",
+                            "t_s": round(time.monotonic() - self.t0, 1),
+                            "daemon_ms": round(getattr(exc, "timeout_ms", 0.0), 1),
+                            "driver_lag_ms": round(self.lag.recent_ms(), 1)})
                 return
             ms = (time.monotonic() - t0) * 1000
             st.query_max_ms = max(st.query_max_ms, ms)
             if ms > self.qt + LATE_MS:
-                st.query_late.append({"msg_id": msg_id, "ms": round(ms, 1), "outcome": "reply"})
+                st.query_late.append({"msg_id": msg_id, "ms": round(ms, 1), "outcome": "reply",
+                                      "t_s": round(time.monotonic() - self.t0, 1),
+                                      "driver_lag_ms": round(self.lag.recent_ms(), 1)})
             if reply.get("Msg-ID") != msg_id or reply.get("Echo-Node") != f"kamailio@{d.node}":
                 st.query_wrong.append({"sent": msg_id, "daemon": d.label,
                                        "got": reply.get("Msg-ID"),
@@ -537,6 +578,7 @@ class Load:
             await client.publish(ex, f"{kind}.x", payload, **self.kw)
         except Exception as exc:
             st.errors[kind][type(exc).__name__] += 1
+            st.by_daemon[f"{kind} {d.label} {type(exc).__name__}"] += 1
             return
         st.confirmed[kind].add(msg_id)
         st.ok[kind] += 1
@@ -808,6 +850,16 @@ def read_ledger(names: Names, timeout: float) -> Counter[str]:
     return seen
 
 
+def presentity_rows(d: ChaosDaemon) -> int:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(d.dir / "presence.db", timeout=10)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM presentity").fetchone()[0])
+    except sqlite3.Error:
+        return -1
+
+
 def explain_duplicates(rows: list[tuple[str, str, int, int, str]], killed: set[int]
                        ) -> dict[str, int]:
     by_id: dict[str, list[tuple[str, str, int, int, str]]] = defaultdict(list)
@@ -853,6 +905,7 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
         db = ChaosDaemon("sbc2", [node_url(NODE_PORTS[n]) for n in (2, 3, 1)], routes, cfg)
         daemons += [da, db]
         for d in daemons:
+            d.db_init()
             d.launch()
         for d in daemons:
             await d.wait_ready(90)
@@ -894,6 +947,8 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.wait_for(stop.wait(), 2.0)
 
         sampling = asyncio.create_task(sampler())
+        load.t0 = t0
+        lagging = asyncio.create_task(load.lag.run(stop))
         faults = asyncio.create_task(chaos.play(plan, t0))
         # the load runs until the duration is over and the last fault ended + cool-down
         loads = [asyncio.create_task(load.run(k, rates[k], CONCURRENCY[k], a.duration * 3))
@@ -910,6 +965,8 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
         rss.sample()
         stop.set()
         await sampling
+        await lagging
+        result["driver_loop_max_lag_ms"] = round(load.lag.max_ms, 1)
         result["soak_s"] = round(time.monotonic() - t0, 1)
         result["faults"] = chaos.log
         say("load stopped; waiting for the work queues to drain")
@@ -982,14 +1039,20 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
             "errors": dict(stats.errors["query"]),
             "responder_replies": responder.count, "responder_reconnects": responder.reconnects,
         }
+        result["client_errors_by_daemon"] = dict(stats.by_daemon)
+        result["presentity_rows"] = {d.label: presentity_rows(d) for d in daemons}
         result["workers_left_after_manager_kill"] = chaos.workers_left_after_manager_kill
         result["log_errors"] = {
             d.label: [ln for ln in d.logs().splitlines()
                       if " ERROR " in ln or "Traceback" in ln][:10]
             for d in daemons}
+        presence_failed = {d.label: sum("presence batch" in ln and " failed" in ln
+                                        for ln in d.logs().splitlines()) for d in daemons}
+        result["presence_batches_failed"] = presence_failed
         checks = {
             "0 confirmed publishes lost": not lost_pub and bool(confirmed["publish"]),
             "0 acked-after deliveries lost": not lost_after and bool(acked_after),
+            "0 presence writes failed": not any(presence_failed.values()),
             "no query answered past its deadline + 50 ms": not stats.query_late,
             "no reply to the wrong waiter": not stats.query_wrong,
             "RSS within 10 % of after warm-up": all(r["ok"] for r in result["rss"]),
