@@ -236,7 +236,7 @@ def bulk_publish(exchange: str, routing_key: str, bodies: list[bytes], count: in
                  timeout: float = 120.0) -> float:
     """Publish ``count`` messages (cycling ``bodies``) with our own protocol client and publisher
     confirms, pipelined 2,000 deep; returns the seconds it took. Used to prefill queues."""
-    from kazoo_amqp.amqp.protocol import Connection
+    from kazoo_amqp.amqp.connection import Connection
 
     async def run() -> float:
         conn = await Connection.connect(host=AMQP_HOST, port=AMQP_PORT, user=AMQP_USER,
@@ -434,8 +434,9 @@ class Daemon:
     """One kazoo-amqp daemon with a generated config and routes file in its own temp dir."""
 
     def __init__(self, routes: str, *, workers: int = 4, config: dict[str, Any] | None = None,
-                 name: str = "bench", keep: bool = False) -> None:
+                 name: str = "bench", keep: bool = False, run_args: tuple[str, ...] = ()) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"kzbench-{name}-"))
+        self.run_args = run_args
         self.keep = keep
         self.node = f"{unique(name)}.bench.local"
         self.routes_path = self.dir / "routes.py"
@@ -473,7 +474,7 @@ class Daemon:
         self.started_at = time.perf_counter()
         self.started_mono = time.monotonic()
         self.proc = subprocess.Popen(
-            [PY, "-m", "kazoo_amqp", "run", "--config", str(self.config_path)],
+            [PY, "-m", "kazoo_amqp", "run", "--config", str(self.config_path), *self.run_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.dir,
         )
         return self

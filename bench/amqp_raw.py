@@ -1,4 +1,5 @@
-"""Raw throughput of kazoo_amqp.amqp.protocol against the local RabbitMQ, with pika for scale.
+"""Raw throughput of our AMQP client (kazoo_amqp.amqp) against the local RabbitMQ, beside pika and
+aiormq.
 
 Not a test: a bounded script (message count and a per-phase time limit) that prints a table.
 
@@ -13,8 +14,9 @@ Phases, each on a fresh non-durable queue filled before the consume phases:
 * query round trip: publish a request, an echo consumer (on a second connection, standing in for
   the remote service) publishes it to a reply queue, our reply consumer resolves the waiter;
   ``--trips`` sequential trips, median and p99 in milliseconds;
-* the same two consumes with pika's BlockingConnection, in the same run, so the ratios mean
-  something on a noisy machine.
+* the same two consumes with pika's BlockingConnection, and publish + both consumes with aiormq
+  (the asyncio client on pamqp that aio-pika uses), in the same run, so the ratios mean something
+  on a noisy machine. aiormq and pika are bench-only dependencies (``pip install .[bench]``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery
+from kazoo_amqp.amqp.channel import Channel, Delivery
+from kazoo_amqp.amqp.connection import Connection
+
+if TYPE_CHECKING:
+    import aiormq.abc
 
 
 def make_body(size: int) -> bytes:
@@ -161,6 +168,69 @@ def pika_consume(args: argparse.Namespace, queue: str, count: int, *, no_ack: bo
     return got / elapsed
 
 
+def _aiormq_url(args: argparse.Namespace) -> str:
+    return f"amqp://{args.user}:{args.password}@{args.host}:{args.port}/"
+
+
+async def aiormq_fill(args: argparse.Namespace, queue: str, body: bytes) -> float:
+    """aiormq: the same pipelined publish with confirms (a task per publish, as aiormq needs)."""
+    import aiormq
+    from pamqp import commands as spec
+
+    conn = await aiormq.connect(_aiormq_url(args))
+    try:
+        ch = await conn.channel()  # publisher confirms on
+        await ch.queue_declare(queue)
+        await ch.queue_purge(queue)
+        props = spec.Basic.Properties(content_type="application/json")
+        outstanding: collections.deque[asyncio.Future[object]] = collections.deque()
+        t0 = time.perf_counter()
+        deadline = t0 + args.limit
+        sent = 0
+        for sent in range(1, args.count + 1):  # noqa: B007 - sent is read after the loop
+            outstanding.append(
+                asyncio.ensure_future(ch.basic_publish(body, routing_key=queue, properties=props))
+            )
+            if len(outstanding) >= args.window:
+                await outstanding.popleft()
+                if time.perf_counter() > deadline:
+                    break
+        await asyncio.gather(*outstanding)
+        return sent / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
+
+
+async def aiormq_consume(args: argparse.Namespace, queue: str, *, no_ack: bool) -> float:
+    import aiormq
+
+    conn = await aiormq.connect(_aiormq_url(args))
+    try:
+        ch = await conn.channel(publisher_confirms=False)
+        if not no_ack:
+            await ch.basic_qos(prefetch_count=args.prefetch)
+        done = asyncio.get_running_loop().create_future()
+        got = 0
+
+        async def on_message(msg: aiormq.abc.DeliveredMessage) -> None:
+            nonlocal got
+            got += 1
+            if not no_ack:
+                await msg.channel.basic_ack(msg.delivery.delivery_tag)  # type: ignore[union-attr]
+            if got == args.count and not done.done():
+                done.set_result(None)
+
+        t0 = time.perf_counter()
+        await ch.basic_consume(queue, on_message, no_ack=no_ack)
+        try:
+            await asyncio.wait_for(done, args.limit)
+        except TimeoutError:
+            pass
+        return got / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
+
+
 async def fill(args: argparse.Namespace, queue: str, body: bytes) -> float:
     conn = await connect(args)
     try:
@@ -205,6 +275,15 @@ def run_round(
         trips = sorted(run(query_round_trips(args, body)))
         latency["query round trip p50"].append(trips[len(trips) // 2] * 1000)
         latency["query round trip p99"].append(trips[int(len(trips) * 0.99)] * 1000)
+        if not args.no_aiormq:
+            results["aiormq: publish + confirms"].append(run(aiormq_fill(args, queue, body)))
+            results["aiormq: consume no_ack"].append(
+                run(aiormq_consume(args, queue, no_ack=True))
+            )
+            results["aiormq: publish + confirms"].append(run(aiormq_fill(args, queue, body)))
+            results["aiormq: consume ack each"].append(
+                run(aiormq_consume(args, queue, no_ack=False))
+            )
         if not args.no_pika:
             run(fill(args, queue, body))
             results["pika: consume no_ack"].append(
@@ -232,6 +311,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--trips", type=int, default=2000, help="query round trips")
     parser.add_argument("--no-pika", action="store_true")
+    parser.add_argument("--no-aiormq", action="store_true")
     args = parser.parse_args()
 
     results: dict[str, list[float]] = collections.defaultdict(list)
@@ -250,13 +330,13 @@ def main() -> None:
     for name, values in latency.items():
         runs = " ".join(f"{v:.2f}" for v in values)
         print(f"{name + ' (ms)':<34} {statistics.median(values):>9.2f}  {runs}")
-    if not args.no_pika:
-        ours = statistics.median(results["ours: consume no_ack"])
-        theirs = statistics.median(results["pika: consume no_ack"])
-        print(f"ours / pika consume no_ack: {ours / theirs:.2f}")
-        ours = statistics.median(results["ours: consume ack each"])
-        theirs = statistics.median(results["pika: consume ack each"])
-        print(f"ours / pika consume ack each: {ours / theirs:.2f}")
+    for other in ("pika", "aiormq"):
+        for phase in ("publish + confirms", "consume no_ack", "consume ack each"):
+            if results.get(f"{other}: {phase}"):
+                ours = statistics.median(results[f"ours: {phase}"])
+                theirs = statistics.median(results[f"{other}: {phase}"])
+                print(f"ours / {other} {phase}: {ours / theirs:.2f}")
+
 
 
 if __name__ == "__main__":

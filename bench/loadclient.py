@@ -3,7 +3,8 @@
 
 Started by the bench scripts, not by hand. It connects, prints ``READY``, waits for ``GO`` on
 stdin (unless ``--no-go``), runs ``--count`` operations with ``--concurrency`` in flight
-(``AsyncClient``; ``--sync`` uses the blocking ``Client``, one at a time), optionally paced to
+(``AsyncClient``; ``--sync`` uses the blocking ``Client``, one at a time; publishes return on
+the daemon's accept unless ``--confirm``), optionally paced to
 ``--rate`` operations per second, and prints one JSON line: start/end on the monotonic clock,
 operations done, errors by type, its own CPU seconds, and per-call latencies in ms.
 Bounded by ``--count`` and ``--deadline`` seconds.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -34,9 +36,15 @@ def _result(t0: float, t1: float, done: int, errors: dict[str, int], c0: float,
                        "lat_ms": [round(x, 4) for x in lat[::every]]})
 
 
+def _opts(a: argparse.Namespace) -> dict[str, bool]:
+    # Only when asked, so the same client also drives a tree from before the option existed.
+    return {"confirm": True} if a.confirm else {}
+
+
 def run_sync(a: argparse.Namespace) -> None:
     from kazoo_amqp import Client
 
+    opts = _opts(a)
     bodies = _bodies(a)
     client = Client(a.socket, timeout=30.0)
     client.ping()
@@ -58,7 +66,7 @@ def run_sync(a: argparse.Namespace) -> None:
         t = perf()
         try:
             if a.op == "publish":
-                client.publish(a.exchange, a.rk, bodies[i % 1000])
+                client.publish(a.exchange, a.rk, bodies[i % 1000], **opts)
             else:
                 client.query(a.exchange, a.rk, bodies[i % 1000], timeout_ms=a.timeout_ms)
         except Exception as exc:
@@ -86,7 +94,7 @@ async def run_async(a: argparse.Namespace) -> None:
     perf = time.perf_counter
     mono = time.monotonic
     deadline = mono() + a.deadline
-    call = client.publish if a.op == "publish" else None
+    call = functools.partial(client.publish, **_opts(a)) if a.op == "publish" else None
     t0 = mono()
 
     done = [0]
@@ -100,7 +108,7 @@ async def run_async(a: argparse.Namespace) -> None:
             msgs = [(a.exchange, a.rk, bodies[(i + j) % 1000]) for j in range(k)]
             t = perf()
             try:
-                results = await client.publish_batch(msgs)
+                results = await client.publish_batch(msgs, **_opts(a))
             except Exception as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + k
                 continue
@@ -150,6 +158,10 @@ def main() -> int:
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--sync", action="store_true")
+    ap.add_argument("--confirm", action="store_true",
+                    help="publishes wait for the broker's confirm (default: the daemon's accept)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="event loop of the AsyncClient process")
     ap.add_argument("--rate", type=float, default=0.0, help="ops/s for this process (0: no pacing)")
     ap.add_argument("--timeout-ms", type=int, default=2000)
     ap.add_argument("--offset", type=int, default=0)
@@ -159,6 +171,10 @@ def main() -> int:
     a = ap.parse_args()
     if a.sync:
         run_sync(a)
+    elif a.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run_async(a))
     else:
         asyncio.run(run_async(a))
     return 0
@@ -167,12 +183,15 @@ def main() -> int:
 def spawn(socket_path: str, op: str, exchange: str, rk: str, count: int, *, concurrency: int = 1,
           sync: bool = False, rate: float = 0.0, offset: int = 0, deadline: float = 120.0,
           event: str = "bench.publish", timeout_ms: int = 2000, lat_every: int = 1,
-          no_go: bool = False, batch: int = 64) -> L.Child:
+          no_go: bool = False, batch: int = 64, confirm: bool = False,
+          loop: str = "asyncio") -> L.Child:
     args = [str(Path(__file__).resolve()), "--socket", socket_path, "--op", op, "--exchange",
             exchange, "--rk", rk, "--count", str(count), "--concurrency", str(concurrency),
             "--rate", str(rate), "--offset", str(offset), "--deadline", str(deadline),
             "--event", event, "--timeout-ms", str(timeout_ms), "--lat-every", str(lat_every),
-            "--batch", str(batch)]
+            "--batch", str(batch), "--loop", loop]
+    if confirm:
+        args.append("--confirm")
     if sync:
         args.append("--sync")
     if no_go:

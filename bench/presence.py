@@ -103,7 +103,7 @@ def prefill(exchange: str, msgs: list[tuple[str, bytes]]) -> float:
     publish per message, pipelined with confirms."""
     import asyncio
 
-    from kazoo_amqp.amqp.protocol import Connection
+    from kazoo_amqp.amqp.connection import Connection
 
     async def run() -> float:
         conn = await Connection.connect(host=L.AMQP_HOST, port=L.AMQP_PORT, user=L.AMQP_USER,

@@ -96,7 +96,8 @@ def run_pika(a: argparse.Namespace) -> Stats:
 
 
 async def run_asyncio(a: argparse.Namespace) -> Stats:
-    from kazoo_amqp.amqp.protocol import Connection, Delivery
+    from kazoo_amqp.amqp.channel import Delivery
+    from kazoo_amqp.amqp.connection import Connection
 
     conn = await Connection.connect(host=L.AMQP_HOST, port=L.AMQP_PORT, user=L.AMQP_USER,
                                     password=L.AMQP_PASSWORD, name="kzbench responder")

@@ -2,7 +2,7 @@
 
     kazoo-amqp run --config FILE
     kazoo-amqp check-config --config FILE
-    kazoo-amqp publish EXCHANGE ROUTING_KEY PAYLOAD [--headers H]
+    kazoo-amqp publish EXCHANGE ROUTING_KEY PAYLOAD [--headers H] [--confirm] [--[no-]persistent]
     kazoo-amqp query EXCHANGE ROUTING_KEY PAYLOAD [--timeout-ms N] [--headers H]
     kazoo-amqp pua-publish PAYLOAD [--package P]
     kazoo-amqp encode TEXT
@@ -91,7 +91,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.config or os.environ.get("KAZOO_AMQP_CONFIG") or DEFAULT_CONFIG
     )
     daemon = Daemon(settings, config_path)
-    return asyncio.run(daemon.run())
+    return _run_loop(daemon.run(), getattr(args, "loop", "auto"))
+
+
+def _run_loop(main: Any, choice: str) -> int:
+    """Run ``main`` on the chosen event loop (see docs/performance.md for why uvloop)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise UsageError(
+                    "--loop uvloop: uvloop is not installed; pip install uvloop or use "
+                    "--loop asyncio"
+                ) from None
+        else:
+            logging.getLogger("kazoo_amqp.cli").info("event loop: uvloop %s", uvloop.__version__)
+            result: int = uvloop.run(main)
+            return result
+    logging.getLogger("kazoo_amqp.cli").info("event loop: asyncio")
+    return asyncio.run(main)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -159,6 +178,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             args.payload,
             headers=args.headers,
             mandatory=args.mandatory,
+            confirm=args.confirm,
+            persistent=args.persistent,
         ),
         lambda s: asyncio.run(
             _direct_manager(
@@ -169,6 +190,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     args.payload,
                     args.headers,
                     mandatory=args.mandatory,
+                    persistent=bool(args.persistent),
                 ),
             )
         ),
@@ -370,7 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("run", cmd_run, "run the daemon")
+    p = add("run", cmd_run, "run the daemon")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop (libuv) when installed (auto, the default), or the "
+        "standard asyncio loop",
+    )
     add("check-config", cmd_check_config, "validate the config and routes without connecting")
     for name, func, help_ in (
         ("publish", cmd_publish, "publish a JSON message"),
@@ -387,6 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="fail (exit 5) when no queue is bound for the routing key",
         )
         p.add_argument("--socket", help="daemon socket (default: from the config)")
+        if name == "publish":
+            p.add_argument(
+                "--confirm",
+                action="store_true",
+                help="wait for the broker's confirm (exit non-zero on its error); default: "
+                "return once the daemon accepted the message",
+            )
+            p.add_argument(
+                "--persistent",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="delivery mode 2 (--persistent) or 1 (--no-persistent); default: the daemon's",
+            )
         if name == "query":
             p.add_argument("--timeout-ms", type=int, default=None)
     p = add("pua-publish", cmd_pua_publish, "write presence state from a JSON update")

@@ -12,12 +12,15 @@ This module imports nothing of ours, so every layer (and the stdlib-only
     │   └── BadPath            a JSON path that cannot be parsed (strict callers only)
     ├── BrokerError            RabbitMQ or the way to it
     │   ├── NotConnected       no broker reachable and the publish buffer cannot take it
-    │   │   └── BufferFull     the bounded publish buffer is full (publish refused)
+    │   │   ├── BufferFull         the bounded publish buffer is full (publish refused)
+    │   │   ├── FrameError         the peer broke AMQP framing; the connection was closed
+    │   │   ├── HeartbeatTimeout   nothing from the broker for 2 heartbeat intervals
+    │   │   └── ChannelClosedRetry the channel closed for another publish: send this again
     │   ├── PublishFailed      nacked, returned (mandatory), buffer deadline passed
-    │   │   └── PublishExpired accepted, not confirmed before publish_buffer_timeout_ms
-    │   │                      (also a NotConnected: what callers caught before it existed)
+    │   │   ├── PublishNacked      the broker answered basic.nack (e.g. x-overflow reject-publish)
+    │   │   └── PublishExpired     accepted, not confirmed before publish_buffer_timeout_ms
+    │   │                          (also a NotConnected: what callers caught before it existed)
     │   └── BrokerRefused      the broker closed a channel or connection (reply code)
-    │       └── PublishNacked  the broker answered basic.nack (e.g. x-overflow reject-publish)
     ├── QueryTimeout           no correlated reply within the timeout
     ├── ProtocolError          a malformed frame on the local socket or a worker pipe
     ├── ShuttingDown           the daemon is stopping; the call was not carried out
@@ -88,15 +91,39 @@ class PublishExpired(PublishFailed, NotConnected):
 
 
 class BrokerRefused(BrokerError):
-    """The broker closed a channel or the connection with an AMQP reply code."""
+    """The broker closed a channel or the connection with an AMQP reply code.
 
-    def __init__(self, message: str, *, reply_code: int = 0) -> None:
+    ``exchange`` is set when the refusal names the exchange of a publish (404 no exchange).
+    """
+
+    def __init__(self, message: str, *, reply_code: int = 0, exchange: str = "") -> None:
         super().__init__(message)
         self.reply_code = reply_code
+        self.exchange = exchange
 
 
-class PublishNacked(BrokerRefused):
-    """The broker answered a publish with ``basic.nack`` (a full ``reject-publish`` queue, …)."""
+class FrameError(NotConnected):
+    """The broker (or whatever answers on its port) sent bytes that are not AMQP 0-9-1 framing.
+
+    The connection is closed; like any lost connection the work on it can go to another one.
+    """
+
+
+class HeartbeatTimeout(NotConnected):
+    """Nothing arrived from the broker for two heartbeat intervals: the connection was aborted."""
+
+
+class ChannelClosedRetry(NotConnected):
+    """The broker closed the channel because of *another* publish (or an RPC) on it.
+
+    This publish was not refused: it may or may not have reached the broker, so the publisher
+    sends it again on a new channel (at-least-once).
+    """
+
+
+class PublishNacked(PublishFailed):
+    """The broker answered a publish with ``basic.nack`` (for example a queue with
+    ``x-overflow: reject-publish`` at its ``x-max-length``): it did not take the message."""
 
 
 class QueryTimeout(KazooError):
@@ -152,6 +179,9 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
         BrokerRefused,
         BufferFull,
         PublishExpired,
+        FrameError,
+        HeartbeatTimeout,
+        ChannelClosedRetry,
         PublishNacked,
         QueryTimeout,
         ProtocolError,
@@ -165,7 +195,7 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
 
 
 #: Extra attributes some errors carry; they travel with the error over the local socket.
-ERROR_ATTRS = ("key", "field", "reply_code", "msg_id", "timeout_ms")
+ERROR_ATTRS = ("key", "field", "reply_code", "exchange", "msg_id", "timeout_ms")
 
 
 def error_attrs(exc: BaseException) -> dict[str, Any]:

@@ -68,9 +68,17 @@ class SocketServices:
         headers: str | None,
         *,
         mandatory: bool = False,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = self._sync().publish(
-            exchange, routing_key, payload, headers, mandatory=mandatory
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            mandatory=mandatory,
+            confirm=confirm,
+            persistent=persistent,
         )
         return result
 
@@ -88,10 +96,17 @@ class SocketServices:
         return result
 
     async def apublish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None,
+        *,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._async().publish(
-            exchange, routing_key, payload, headers
+            exchange, routing_key, payload, headers, confirm=confirm, persistent=persistent
         )
         return result
 

@@ -30,8 +30,14 @@ class RabbitNode:
     """One throw-away RabbitMQ node listening on 127.0.0.1:<port>."""
 
     def __init__(self, base: Path, name: str, port: int | None = None,
-                 *, tls: tuple[Path, Path, Path] | None = None) -> None:
-        """``tls`` = (ca, cert, key) files: listen with TLS on ``tls_port`` as well."""
+                 *, tls: tuple[Path, Path, Path] | None = None,
+                 extra_conf: str = "", plugins: tuple[str, ...] = ()) -> None:
+        """``tls`` = (ca, cert, key) files: listen with TLS on ``tls_port`` as well.
+
+        ``extra_conf`` is appended to rabbitmq.conf (later keys win); ``plugins`` are enabled.
+        """
+        self.extra_conf = extra_conf
+        self.plugins = plugins
         self.dir = base / name
         self.name = name
         self.port = port or free_port()
@@ -60,9 +66,9 @@ class RabbitNode:
                 f"ssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
                 "ssl_options.fail_if_no_peer_cert = false\n"
             )
-        conf.write_text(text)
+        conf.write_text(text + self.extra_conf)
         (self.dir / "env.conf").write_text("")
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         env = dict(os.environ)
         env.update(
             {

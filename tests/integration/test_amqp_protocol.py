@@ -1,4 +1,4 @@
-"""kazoo_amqp.amqp.protocol against the real RabbitMQ (and a tiny fake broker for timing cases)."""
+"""Connection and Channel against the real RabbitMQ (and a tiny fake broker for timing cases)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame as pframe
 
-from kazoo_amqp.amqp.protocol import Channel, Connection, Delivery, Returned
+from kazoo_amqp.amqp.channel import Channel, Delivery, Returned
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.errors import (
     BadRoutingKey,
     BrokerRefused,
+    ChannelClosedRetry,
     NotConnected,
     PublishFailed,
+    PublishNacked,
     UsageError,
 )
 
@@ -836,3 +839,140 @@ async def test_out_of_order_acks_never_ack_a_tag_twice(
     await asyncio.sleep(0.1)
     assert consumer.is_open
     assert len(got) == 400
+
+
+# --------------------------------------------------------------------------- issue 7
+
+
+@pytest.mark.broker
+async def test_names_pamqp_refuses_work_end_to_end_without_touching_pamqp(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    import pamqp.constants
+
+    before = dict(pamqp.constants.DOMAIN_REGEX)
+    ch = await conn.channel(confirms=True)
+    queue = uid("kamailio@host-<1-0>")
+    exchange = uid("ex<*>")
+    await ch.queue_declare(queue, auto_delete=True)
+    cleanup("queue", queue)
+    await ch.exchange_declare(exchange, "direct", auto_delete=True)
+    cleanup("exchange", exchange)
+    await ch.queue_bind(queue, exchange, "rk<1>")
+    fut = ch.publish(exchange, "rk<1>", b'{"a":1}')
+    assert fut is not None
+    await fut
+    got = Collector()
+    await ch.basic_consume(queue, got, no_ack=True)
+    items = await got.wait_for(1)
+    assert (items[0].exchange, items[0].routing_key, items[0].body) == (
+        exchange, "rk<1>", b'{"a":1}'
+    )
+    assert before == pamqp.constants.DOMAIN_REGEX
+
+
+@pytest.mark.broker
+async def test_a_content_header_over_frame_max_fails_that_publish_alone(
+    rabbitmq: Params, cleanup: Callable[[str, str], None]
+) -> None:
+    c = await Connection.connect(**rabbitmq, frame_max=4096)
+    try:
+        assert c.frame_max == 4096
+        ch = await c.channel(confirms=True)
+        queue = await temp_queue(ch, cleanup)
+        with pytest.raises(UsageError, match="send fewer or shorter headers"):
+            ch.publish("", queue, b"{}", headers={"big": "x" * 5000})
+        big_body = b'{"p":"' + b"y" * 20_000 + b'"}'  # body frames cut at 4088 bytes
+        fut = ch.publish("", queue, big_body, headers={"small": "ok"})
+        assert fut is not None
+        await fut
+        assert ch.is_open
+        got = Collector()
+        await ch.basic_consume(queue, got, no_ack=True)
+        items = await got.wait_for(1)
+        assert len(items) == 1 and items[0].body == big_body
+        assert items[0].headers == {"small": "ok"}
+    finally:
+        await c.close()
+
+
+@pytest.mark.broker
+async def test_a_paused_connection_to_rabbitmq_outlives_two_heartbeats(rabbitmq: Params) -> None:
+    c = await Connection.connect(**rabbitmq, heartbeat=1)
+    try:
+        assert c.heartbeat == 1
+        c.pause_reading()
+        await asyncio.sleep(3.5)  # RabbitMQ's heartbeats wait unread in the socket
+        assert c.is_open
+        c.resume_reading()
+        ch = await c.channel()
+        await ch.queue_declare("", exclusive=True)
+        assert c.is_open
+    finally:
+        await c.close()
+
+
+@pytest.mark.broker
+async def test_a_publish_to_a_missing_exchange_fails_alone_the_others_are_retryable(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    """One refused publish among 300 in flight: only the publishes to its exchange fail; the
+    rest are confirmed or come back as ChannelClosedRetry and succeed when sent again."""
+    ch = await conn.channel(confirms=True)
+    queue = await temp_queue(ch, cleanup)
+    missing = uid("missing")
+    futures: list[tuple[int, str, asyncio.Future[None]]] = []
+    for i in range(300):
+        exchange = missing if i in (100, 200) else ""
+        fut = ch.publish(exchange, queue, b'{"i":%d}' % i)
+        assert fut is not None
+        futures.append((i, exchange, fut))
+    outcomes = await asyncio.gather(*(f for _, _, f in futures), return_exceptions=True)
+    refused = [i for (i, _, _), r in zip(futures, outcomes, strict=True)
+               if isinstance(r, BrokerRefused)]  # fmt: skip
+    retry = [i for (i, _, _), r in zip(futures, outcomes, strict=True)
+             if isinstance(r, ChannelClosedRetry)]  # fmt: skip
+    confirmed = [i for (i, _, _), r in zip(futures, outcomes, strict=True) if r is None]
+    assert refused == [100, 200]
+    for i in refused:
+        err = outcomes[i]
+        assert isinstance(err, BrokerRefused)
+        assert (err.reply_code, err.exchange) == (404, missing)
+        assert f"exchange {missing!r}" in str(err)
+    assert sorted(confirmed + retry + refused) == list(range(300))
+    # publishes before the bad one may still be unconfirmed at the close: they come back for
+    # retry too (and may then be in the queue twice), never as refused
+    assert retry and confirmed
+    assert isinstance(await ch.closed, BrokerRefused)
+
+    again = await conn.channel(confirms=True)
+    resent = [again.publish("", queue, b'{"i":%d}' % i) for i in retry]
+    await asyncio.gather(*resent)  # type: ignore[arg-type]
+    _, count, _ = await again.queue_declare(queue, passive=True)
+    assert count >= 298  # at least once
+
+
+@pytest.mark.broker
+async def test_a_full_reject_publish_queue_nacks_with_publish_nacked(
+    conn: Connection, cleanup: Callable[[str, str], None]
+) -> None:
+    ch = await conn.channel(confirms=True)
+    queue = await temp_queue(
+        ch, cleanup, arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
+    outcomes = []
+    for i in range(4):
+        fut = ch.publish("", queue, b'{"n":%d}' % i)
+        assert fut is not None
+        try:
+            await fut
+            outcomes.append(None)
+        except PublishFailed as exc:
+            outcomes.append(exc)
+    assert outcomes[:2] == [None, None]
+    for exc in outcomes[2:]:
+        assert isinstance(exc, PublishNacked)
+        assert "basic.nack" in str(exc)
+    assert ch.is_open
+    _, count, _ = await ch.queue_declare(queue, passive=True)
+    assert count == 2

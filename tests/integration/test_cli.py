@@ -278,6 +278,24 @@ def test_publish_through_the_daemon_prints_the_msg_id_and_delivers(
 
 
 @pytest.mark.broker
+def test_publish_confirm_waits_for_the_broker_and_reports_its_refusal(
+    daemon: DaemonProcess, sink: Sink, tmp_path: Path
+) -> None:
+    """--confirm prints the broker's server_id; a refused exchange exits 5 (without --confirm
+    the daemon accepted it and exits 0: the refusal is the daemon's to log)."""
+    base = ("publish", "--config", str(daemon.config_path))
+    ok = run_cli(*base, "--confirm", "--persistent", sink.exchange, "c", '{"a":1}', cwd=tmp_path)
+    assert ok.returncode == EXIT_OK, ok.stderr
+    assert json.loads(ok.stdout)["server_id"] == 1
+    missing = f"kzt.cli.missing.{os.getpid()}.{time.monotonic_ns()}"
+    accepted = run_cli(*base, missing, "c", '{"a":1}', cwd=tmp_path)
+    assert accepted.returncode == EXIT_OK, accepted.stderr
+    refused = run_cli(*base, "--confirm", missing, "c", '{"a":1}', cwd=tmp_path)
+    assert refused.returncode == 5, refused.stderr
+    assert missing in refused.stderr
+
+
+@pytest.mark.broker
 def test_publish_through_the_daemon_passes_headers(
     daemon: DaemonProcess, sink: Sink, tmp_path: Path
 ) -> None:

@@ -96,7 +96,7 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         yield d
 
 
-def test_publish_injects_kazoo_fields_and_returns_after_confirm(daemon: DaemonProcess) -> None:
+def test_publish_injects_kazoo_fields(daemon: DaemonProcess) -> None:
     """A publish carries App-Name/App-Version/Node/Msg-ID/Server-ID, JSON content type, headers."""
     ex, q = unique("kzt.pub"), unique("kzt.q")
     conn = pika_connection()
@@ -283,7 +283,7 @@ def test_mandatory_publish_without_a_bound_queue_fails_at_once(daemon: DaemonPro
 
     with daemon.client() as c:
         with pytest.raises(PublishFailed, match="NO_ROUTE"):
-            c.publish("amq.topic", unique("nobody.bound"), {"a": 1}, mandatory=True)
+            c.publish("amq.topic", unique("nobody.bound"), {"a": 1}, mandatory=True, confirm=True)
         assert c.publish("amq.topic", unique("nobody.bound"), {"a": 1})["msg_id"]
 
 
@@ -316,7 +316,7 @@ def test_publish_batch_confirms_every_message_and_reports_each_outcome(
     messages = [(ex, f"k.{i}", {"Event-Category": "b", "N": i}) for i in range(500)]
     messages.insert(7, (ex, "k.bad", "not json"))
     with daemon.client() as c:
-        results = c.publish_batch(messages)
+        results = c.publish_batch(messages, confirm=True)
     assert len(results) == 501
     assert isinstance(results[7], _BadPayload)
     good = [r for i, r in enumerate(results) if i != 7]
@@ -324,6 +324,51 @@ def test_publish_batch_confirms_every_message_and_reports_each_outcome(
     got = drain(ch, q, 500)
     conn.close()
     assert [json.loads(b)["N"] for _, _, b in got] == list(range(500))  # order kept
+
+
+def test_confirmed_publish_returns_the_broker_and_persistent_sets_delivery_mode_2(
+    daemon: DaemonProcess,
+) -> None:
+    """confirm=True answers after the broker's confirm, naming the broker; persistent is
+    delivery mode 2, the default stays transient like the C module."""
+    ex, q = unique("kzt.dur"), unique("kzt.durq")
+    conn = pika_connection()
+    ch = conn.channel()
+    ch.exchange_declare(ex, "topic", auto_delete=True)
+    ch.queue_declare(q, auto_delete=True)
+    ch.queue_bind(q, ex, "#")
+    with daemon.client() as c:
+        confirmed = c.publish(ex, "a", {"n": 1}, confirm=True, persistent=True)
+        accepted = c.publish(ex, "b", {"n": 2})
+    assert confirmed["server_id"] == 1 and confirmed["msg_id"]
+    assert set(accepted) == {"msg_id"}
+    got = drain(ch, q, 2)
+    conn.close()
+    assert [props.delivery_mode for _, props, _ in got] == [2, None]
+
+
+def test_failure_after_acceptance_is_counted_and_logged_not_raised(
+    daemon: DaemonProcess,
+) -> None:
+    """A publish to a missing exchange: the accept-mode caller gets its Msg-ID, the daemon
+    counts and logs the refusal; the confirm-mode caller gets the broker's typed error."""
+    from kazoo_amqp import BrokerRefused
+
+    missing = unique("kzt.missing")
+    with daemon.client() as c:
+        before = c.status()["manager"].get("publish_failed_after_accept", 0)
+        msg_id = c.publish(missing, "x", {"a": 1})["msg_id"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after = c.status()["manager"]["publish_failed_after_accept"]
+            if after > before:
+                break
+            time.sleep(0.05)
+        assert after == before + 1
+        with pytest.raises(BrokerRefused, match=missing):
+            c.publish(missing, "x", {"a": 1}, confirm=True)
+        assert c.ping()
+    assert msg_id in daemon.logs() and "failed after it was accepted" in daemon.logs()
 
 
 async def test_async_publish_batch(daemon: DaemonProcess) -> None:

@@ -103,7 +103,7 @@ def test_first_unreachable_broker_means_the_next_is_used(tmp_path: Path) -> None
     config = {"amqp_connection": [dead, AMQP_URL], "reconnect_max_ms": 500}
     with DaemonProcess(tmp_path, RECORD_ROUTES, workers=1, config=config) as d:
         with d.client() as c:
-            result = c.publish("amq.topic", unique("kzt"), {"a": 1})
+            result = c.publish("amq.topic", unique("kzt"), {"a": 1}, confirm=True)
         assert result["server_id"] == 2
         brokers = {b["server_id"]: b for b in d.status()["manager"]["brokers"]}
         assert not brokers[1]["up"] and brokers[2]["up"]
@@ -113,7 +113,8 @@ def test_first_unreachable_broker_means_the_next_is_used(tmp_path: Path) -> None
 def test_publish_without_any_broker_fails_clearly_after_the_buffer_deadline(
     tmp_path: Path,
 ) -> None:
-    """With no broker reachable a publish waits publish_buffer_timeout_ms, then NotConnected."""
+    """With no broker reachable a confirmed publish waits publish_buffer_timeout_ms, then
+    NotConnected; an accepted one returns at once and its failure is counted by the daemon."""
     dead = f"amqp://guest:guest@127.0.0.1:{free_port()}"
     config = {"amqp_connection": [dead], "publish_buffer_timeout_ms": 400}
     d = DaemonProcess(tmp_path, RECORD_ROUTES, workers=1, config=config).start(wait_broker=False)
@@ -121,9 +122,16 @@ def test_publish_without_any_broker_fails_clearly_after_the_buffer_deadline(
         with d.client() as c:
             started = time.monotonic()
             with pytest.raises(NotConnected, match="publish_buffer_timeout_ms"):
-                c.publish("amq.topic", "x", {"a": 1})
+                c.publish("amq.topic", "x", {"a": 1}, confirm=True)
             assert 0.35 < time.monotonic() - started < 2.0
-        assert d.status()["manager"]["buffer_rejected"] == 1
+            started = time.monotonic()
+            assert c.publish("amq.topic", "x", {"a": 2})["msg_id"]
+            assert time.monotonic() - started < 0.3
+            deadline = time.monotonic() + 5
+            while d.status()["manager"]["publish_failed_after_accept"] < 1:
+                assert time.monotonic() < deadline, d.logs()[-2000:]
+                time.sleep(0.05)
+        assert d.status()["manager"]["buffer_rejected"] == 2
     finally:
         assert d.stop() == 0
 
@@ -148,7 +156,9 @@ def test_publish_accepted_while_the_broker_is_down_is_sent_when_it_returns(
 
             def publish() -> None:
                 with Client(d.socket, timeout=90) as c:
-                    result.update(c.publish("kzt.buf", "k", {"Msg-ID": "buffered-1"}))
+                    result.update(
+                        c.publish("kzt.buf", "k", {"Msg-ID": "buffered-1"}, confirm=True)
+                    )
 
             t = threading.Thread(target=publish)
             t.start()

@@ -60,7 +60,7 @@ def test_amqps_with_the_ca_certificate_connects_and_publishes(
               "amqps_ca_cert": str(ca)}
     with DaemonProcess(tmp_path, ROUTES, workers=1, config=config) as d:
         with d.client() as c:
-            assert c.publish("amq.topic", "tls.test", {"a": 1})["server_id"] == 1
+            assert c.publish("amq.topic", "tls.test", {"a": 1}, confirm=True)["server_id"] == 1
         assert d.wait_events(1, route="kazoo:consumer-event-connection-open")
 
 
@@ -92,4 +92,4 @@ def test_amqps_without_peer_verification_connects(
     config = {"amqp_connection": [f"amqps://guest:guest@127.0.0.1:{node.tls_port}"],
               "amqps_verify_peer": 0, "amqps_verify_hostname": 0}
     with DaemonProcess(tmp_path, ROUTES, workers=1, config=config) as d, d.client() as c:
-        assert c.publish("amq.topic", "tls.test", {"a": 1})["server_id"] == 1
+        assert c.publish("amq.topic", "tls.test", {"a": 1}, confirm=True)["server_id"] == 1

@@ -94,6 +94,40 @@ def test_bad_connection_value_is_a_config_error(value: str, fragment: str) -> No
     assert info.value.key == "amqp_connection"
 
 
+@pytest.mark.parametrize(
+    ("value", "mechanism", "url"),
+    [
+        ("amqps://h", "PLAIN", "amqps://h"),
+        ("amqps://h?auth_mechanism=external", "EXTERNAL", "amqps://h"),
+        ("amqps://u@h:5671/v?auth_mechanism=EXTERNAL", "EXTERNAL", "amqps://u@h:5671/v"),
+        ("amqps://h/?auth_mechanism=External", "EXTERNAL", "amqps://h/"),
+        ("amqp://u:p@h?auth_mechanism=plain", "PLAIN", "amqp://u:p@h"),
+        ("zone=z;amqps://h?auth_mechanism=external", "EXTERNAL", "amqps://h"),
+    ],
+)
+def test_auth_mechanism_query_parameter_chooses_the_login(
+    value: str, mechanism: str, url: str
+) -> None:
+    """``?auth_mechanism=external`` logs in with the client certificate; PLAIN by default."""
+    spec = parse_connection(value, server_id=1, primary_zone="local")
+    assert (spec.auth_mechanism, spec.url) == (mechanism, url)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("amqp://h?auth_mechanism=external", "needs amqps://"),
+        ("amqps://h?auth_mechanism=cram-md5", "auth_mechanism 'cram-md5' is not supported"),
+        ("amqps://h?auth_mechanism=", "auth_mechanism '' is not supported"),
+        ("amqps://h?auth_mechanism=external&heartbeat=5", "query strings and fragments"),
+        ("amqps://h?heartbeat=5&auth_mechanism=external", "query strings and fragments"),
+    ],
+)
+def test_bad_auth_mechanism_is_a_config_error(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        parse_connection(value, server_id=1, primary_zone="local")
+
+
 def test_value_of_exactly_512_characters_is_accepted() -> None:
     """The 512-character limit counts the whole value, zone prefix included."""
     value = "zone=z;amqp://" + "h" * (512 - len("zone=z;amqp://"))

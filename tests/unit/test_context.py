@@ -47,9 +47,9 @@ class FakeServices:
     subscriptions: list[Subscription] = field(default_factory=list)
 
     def publish(
-        self, exchange: str, routing_key: str, payload: Any, headers: str | None
+        self, exchange: str, routing_key: str, payload: Any, headers: str | None, **options: Any
     ) -> dict[str, Any]:
-        self.calls.append(("publish", exchange, routing_key, payload, headers))
+        self.calls.append(("publish", exchange, routing_key, payload, headers, *options.items()))
         return {"call": "publish"}
 
     def query(
@@ -64,9 +64,9 @@ class FakeServices:
         return {"call": "query"}
 
     async def apublish(
-        self, exchange: str, routing_key: str, payload: Any, headers: str | None
+        self, exchange: str, routing_key: str, payload: Any, headers: str | None, **options: Any
     ) -> dict[str, Any]:
-        self.calls.append(("apublish", exchange, routing_key, payload, headers))
+        self.calls.append(("apublish", exchange, routing_key, payload, headers, *options.items()))
         return {"call": "apublish"}
 
     async def aquery(
@@ -544,3 +544,16 @@ def test_json_keys_lists_object_keys_in_document_order(path: str, keys: list[str
     kz, _ = _kz(jsonc.loads_object(D_TEXT))
     assert kz.json_keys(path) == keys
     assert kz.json_keys(D_TEXT, path) == keys
+
+
+async def test_publish_passes_confirm_and_persistent_only_when_asked() -> None:
+    services = FakeServices()
+    kz = Kz(services)
+    kz.publish("e", "r", {"a": 1})
+    kz.publish("e", "r", {"a": 1}, confirm=True, persistent=False)
+    await kz.apublish("e", "r", "{}", "h=1", confirm=True, persistent=True)
+    assert services.calls == [
+        ("publish", "e", "r", {"a": 1}, None),
+        ("publish", "e", "r", {"a": 1}, None, ("confirm", True), ("persistent", False)),
+        ("apublish", "e", "r", "{}", "h=1", ("confirm", True), ("persistent", True)),
+    ]

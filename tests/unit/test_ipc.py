@@ -19,6 +19,7 @@ from kazoo_amqp.core.framing import FrameDecoder, encode_frame
 from kazoo_amqp.core.wire import Response, decode_response, encode_request
 from kazoo_amqp.errors import (
     BadPayload,
+    BadRoutingKey,
     ConfigError,
     KazooError,
     NotConnected,
@@ -28,7 +29,7 @@ from kazoo_amqp.errors import (
     ShuttingDown,
     UsageError,
 )
-from kazoo_amqp.ipc import client as client_module
+from kazoo_amqp.ipc import request as request_module
 from kazoo_amqp.ipc.client import AsyncClient, Client
 from kazoo_amqp.ipc.server import IpcServer
 
@@ -37,35 +38,82 @@ MAX_FRAME = 1024 * 1024
 
 
 class FakeBackend:
-    """Answers at once, except for routing keys that ask for something else:
+    """A publisher with the ``submit`` contract, answering by routing key:
 
-    ``fail.typed`` PublishFailed, ``fail.bug`` RuntimeError, ``sleep.<s>`` waits s seconds,
-    ``block`` waits until ``release`` is set.
+    ``bad.sync`` is refused at once (BadRoutingKey); ``fail.bug`` raises RuntimeError at once;
+    otherwise the message is accepted (recorded in ``published``, Msg-ID returned) and its
+    confirm arrives later: ``fail.typed`` fails with PublishFailed, ``sleep.<s>`` confirms after
+    s seconds, ``block`` when ``release`` is set, anything else on the next loop iteration.
+    Failures after acceptance without ``done`` are counted in ``failed_after_accept``.
     """
 
     def __init__(self) -> None:
-        self.published: list[tuple[str, str, str, str | None]] = []
+        self.published: list[tuple[str, str, Any, str | None]] = []
+        self.options: list[dict[str, Any]] = []
+        self.failed_after_accept: list[tuple[str, BaseException]] = []
         self.started = threading.Event()
         self.release: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _behave(self, routing_key: str) -> None:
-        if routing_key == "fail.typed":
-            raise PublishFailed("nacked by the broker (zone local)")
+    def submit(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | dict[str, Any],
+        headers: str | None = None,
+        *,
+        mandatory: bool = False,
+        persistent: bool | None = None,
+        done: Callable[[Any, BaseException | None], None] | None = None,
+    ) -> str:
+        if routing_key == "bad.sync":
+            raise BadRoutingKey("routing key 'bad.sync' refused: pick another")
         if routing_key == "fail.bug":
             raise RuntimeError("boom")
+        self.published.append((exchange, routing_key, payload, headers))
+        self.options.append(
+            {"mandatory": mandatory, "persistent": persistent, "confirm": done is not None}
+        )
+        msg_id = f"m-{len(self.published)}"
+
+        async def confirm() -> None:
+            try:
+                await self._behave(routing_key)
+            except BaseException as exc:
+                if done is None:
+                    self.failed_after_accept.append((msg_id, exc))
+                else:
+                    done(None, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            if done is not None:
+                done(
+                    {
+                        "msg_id": msg_id,
+                        "server_id": "zone-local",
+                        "confirmed": True,
+                        "exchange": exchange,
+                        "routing_key": routing_key,
+                    },
+                    None,
+                )
+
+        task = asyncio.get_running_loop().create_task(confirm())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return msg_id
+
+    async def _behave(self, routing_key: str) -> None:
+        await asyncio.sleep(0)
+        if routing_key == "fail.typed":
+            raise PublishFailed("nacked by the broker (zone local)")
         if routing_key.startswith("sleep."):
             await asyncio.sleep(float(routing_key[6:]))
         if routing_key == "block":
             self.release = asyncio.Event()
             self.started.set()
             await self.release.wait()
-
-    async def publish(
-        self, exchange: str, routing_key: str, payload: str, headers: str | None
-    ) -> dict[str, Any]:
-        await self._behave(routing_key)
-        self.published.append((exchange, routing_key, payload, headers))
-        return {"confirmed": True, "exchange": exchange, "routing_key": routing_key}
 
     async def query(
         self,
@@ -74,7 +122,11 @@ class FakeBackend:
         payload: str,
         headers: str | None,
         timeout_ms: int | None,
+        *,
+        mandatory: bool = False,
     ) -> str:
+        if routing_key == "fail.bug":
+            raise RuntimeError("boom")
         await self._behave(routing_key)
         if routing_key == "no-reply":
             raise QueryTimeout(f"no reply within {timeout_ms} ms", timeout_ms=timeout_ms or 0)
@@ -181,7 +233,7 @@ def test_client_publish_query_pua_status_ping(threaded: ThreadedServer, sock_pat
     with Client(sock_path) as kz:
         assert kz.ping() is True
         result = kz.publish("callmgr", "route.req", {"Event-Name": "é"}, headers="a=1")
-        assert result == {"confirmed": True, "exchange": "callmgr", "routing_key": "route.req"}
+        assert result == {"msg_id": "m-1"}  # accepted: the daemon answers before the confirm
         assert threaded.backend.published[-1] == (
             "callmgr",
             "route.req",
@@ -208,14 +260,17 @@ def test_client_typed_errors_keep_class_and_message(
 ) -> None:
     kz = make_client()
     with pytest.raises(PublishFailed, match=r"^nacked by the broker \(zone local\)$"):
-        kz.publish("e", "fail.typed", {})
+        kz.publish("e", "fail.typed", {}, confirm=True)
     with pytest.raises(QueryTimeout, match="no reply within 250 ms"):
         kz.query("e", "no-reply", {}, timeout_ms=250)
     with pytest.raises(KazooError, match="internal error: RuntimeError: boom") as info:
         kz.publish("e", "fail.bug", {})
     assert type(info.value) is KazooError
     # the connection is still fine after errors
-    assert kz.publish("e", "ok", "{}")["confirmed"] is True
+    assert kz.publish("e", "ok", "{}", confirm=True)["confirmed"] is True
+    with pytest.raises(BadRoutingKey, match="refused: pick another"):
+        kz.publish("e", "bad.sync", {})  # refused at acceptance: raised in accept mode too
+    assert threaded.server.stats.errors.pop("BadRoutingKey") == 1
     assert threaded.server.stats.errors == {"PublishFailed": 1, "QueryTimeout": 1, "KazooError": 1}
     kz.close()
 
@@ -250,19 +305,19 @@ def test_client_reconnects_after_server_restart(
 ) -> None:
     first = ThreadedServer(sock_path)
     kz = make_client()
-    assert kz.publish("e", "before", {})["confirmed"]
+    assert kz.publish("e", "before", {})["msg_id"]
     first.stop()
     with pytest.raises(NotConnected):
         kz.publish("e", "while-down", {})
     second = ThreadedServer(sock_path)
     try:
-        assert kz.publish("e", "after", {})["confirmed"]
+        assert kz.publish("e", "after", {})["msg_id"]
         assert [p[1] for p in second.backend.published] == ["after"]
         # restart again while the client holds an open connection: transparent retry
         second.stop()
         third = ThreadedServer(sock_path)
         try:
-            assert kz.publish("e", "third", {})["confirmed"]
+            assert kz.publish("e", "third", {})["msg_id"]
             assert kz.query("e", "q", {"n": 1})["Echo"] == {"n": 1}
             assert [p[1] for p in third.backend.published] == ["third"]
         finally:
@@ -276,18 +331,18 @@ def test_client_works_in_a_forked_child(
     make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
 ) -> None:
     kz = make_client()
-    assert kz.publish("e", "parent-1", {})["confirmed"]  # the parent's connection is open
+    assert kz.publish("e", "parent-1", {})["msg_id"]  # the parent's connection is open
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            if kz.publish("e", "child", {"pid": os.getpid()})["confirmed"]:
+            if kz.publish("e", "child", {"pid": os.getpid()})["msg_id"]:
                 code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert kz.publish("e", "parent-2", {})["confirmed"]  # the parent's connection still works
+    assert kz.publish("e", "parent-2", {})["msg_id"]  # the parent's connection still works
     keys = [p[1] for p in threaded.backend.published]
     assert keys == ["parent-1", "child", "parent-2"]
     assert threaded.server.stats.connections == 2
@@ -298,9 +353,9 @@ def test_client_gives_up_on_a_silent_daemon(
 ) -> None:
     kz = make_client(timeout=0.2)
     with pytest.raises(NotConnected, match=r"did not answer the publish within 0\.2 s"):
-        kz.publish("e", "sleep.1", {})
+        kz.publish("e", "sleep.1", {}, confirm=True)
     # the abandoned connection was dropped; the next call uses a fresh one
-    assert kz.publish("e", "ok", {})["confirmed"]
+    assert kz.publish("e", "ok", {})["msg_id"]
 
 
 def test_client_query_waits_timeout_plus_margin(
@@ -309,7 +364,7 @@ def test_client_query_waits_timeout_plus_margin(
     sock_path: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(client_module, "QUERY_WAIT_MARGIN", 0.1)
+    monkeypatch.setattr(request_module, "QUERY_WAIT_MARGIN", 0.1)
     kz = make_client()
     started = time.monotonic()
     with pytest.raises(QueryTimeout, match=r"no answer to the query within 0\.2 s"):
@@ -325,7 +380,7 @@ def test_client_frame_over_the_limit_reports_why(
         kz = make_client()
         with pytest.raises(ProtocolError, match="exceeds the limit of 65536 bytes"):
             kz.publish("e", "r", {"big": "x" * 1_000_000})
-        assert kz.publish("e", "r", {"small": 1})["confirmed"]
+        assert kz.publish("e", "r", {"small": 1})["msg_id"]
         assert server.server.stats.malformed_frames == 1
     finally:
         server.stop()
@@ -338,7 +393,7 @@ async def test_async_client_round_trips(served: Any, sock_path: str) -> None:
     _, backend = served
     async with AsyncClient(sock_path) as kz:
         assert await kz.ping() is True
-        assert (await kz.publish("x", "rk", {"a": 1}))["confirmed"] is True
+        assert (await kz.publish("x", "rk", {"a": 1})) == {"msg_id": "m-1"}
         assert backend.published == [("x", "rk", {"a": 1}, None)]
         assert await kz.query("x", "q", b'{"b": 2}', headers="h=1") == {
             "Echo": {"b": 2},
@@ -352,7 +407,7 @@ async def test_async_client_round_trips(served: Any, sock_path: str) -> None:
 async def test_async_client_typed_errors(served: Any, sock_path: str) -> None:
     async with AsyncClient(sock_path) as kz:
         with pytest.raises(PublishFailed, match="nacked by the broker"):
-            await kz.publish("e", "fail.typed", {})
+            await kz.publish("e", "fail.typed", {}, confirm=True)
         with pytest.raises(QueryTimeout):
             await kz.query("e", "no-reply", {}, timeout_ms=10)
         with pytest.raises(KazooError, match="internal error: RuntimeError: boom") as info:
@@ -375,7 +430,7 @@ async def test_async_client_1000_concurrent(sock_path: str, max_inflight: int) -
         async with AsyncClient(sock_path) as kz:
             results = await asyncio.gather(
                 *(
-                    kz.publish(f"ex{i}", "sleep.0.01" if i % 3 else "rk", {"i": i})
+                    kz.publish(f"ex{i}", "sleep.0.01" if i % 3 else "rk", {"i": i}, confirm=True)
                     for i in range(1000)
                 )
             )
@@ -388,9 +443,9 @@ async def test_async_client_1000_concurrent(sock_path: str, max_inflight: int) -
 
 async def test_async_out_of_order_replies_matched_by_id(served: Any, sock_path: str) -> None:
     async with AsyncClient(sock_path) as kz:
-        slow = asyncio.create_task(kz.publish("slow", "sleep.0.3", {}))
-        medium = asyncio.create_task(kz.publish("medium", "sleep.0.1", {}))
-        fast = asyncio.create_task(kz.publish("fast", "rk", {}))
+        slow = asyncio.create_task(kz.publish("slow", "sleep.0.3", {}, confirm=True))
+        medium = asyncio.create_task(kz.publish("medium", "sleep.0.1", {}, confirm=True))
+        fast = asyncio.create_task(kz.publish("fast", "rk", {}, confirm=True))
         done_order: list[str] = []
         for task in asyncio.as_completed([slow, medium, fast]):
             done_order.append((await task)["exchange"])
@@ -400,8 +455,12 @@ async def test_async_out_of_order_replies_matched_by_id(served: Any, sock_path: 
 async def test_raw_pipelined_replies_come_back_out_of_order(served: Any, sock_path: str) -> None:
     sock = raw_connect(sock_path)
     requests = [
-        encode_request(1, "publish", exchange="a", routing_key="sleep.0.3", payload="{}"),
-        encode_request(2, "publish", exchange="b", routing_key="sleep.0.1", payload="{}"),
+        encode_request(
+            1, "publish", exchange="a", routing_key="sleep.0.3", payload="{}", confirm=True
+        ),
+        encode_request(
+            2, "publish", exchange="b", routing_key="sleep.0.1", payload="{}", confirm=True
+        ),
         encode_request(3, "ping"),
     ]
     sock.sendall(b"".join(requests))
@@ -414,7 +473,7 @@ async def test_raw_pipelined_replies_come_back_out_of_order(served: Any, sock_pa
 async def test_async_close_fails_pending_calls(served: Any, sock_path: str) -> None:
     _, backend = served
     kz = AsyncClient(sock_path)
-    pending = asyncio.create_task(kz.publish("e", "block", {}))
+    pending = asyncio.create_task(kz.publish("e", "block", {}, confirm=True))
     await asyncio.to_thread(backend.started.wait, 5)
     await kz.close()
     with pytest.raises(NotConnected, match="was closed"):
@@ -436,7 +495,7 @@ async def test_async_client_reconnects_after_restart(sock_path: str) -> None:
     server = IpcServer(sock_path, backend, max_frame=MAX_FRAME)
     await server.start()
     try:
-        assert (await kz.publish("e", "again", {}))["confirmed"]
+        assert (await kz.publish("e", "again", {}))["msg_id"]
     finally:
         await kz.close()
         await server.stop(0.1)
@@ -508,7 +567,7 @@ async def test_broken_length_prefix_closes_only_that_connection(
     assert server.stats.malformed_frames == 1
     assert any(f"pid {os.getpid()}" in r.getMessage() for r in caplog.records)
     # the server and the other connection still work
-    assert (await bystander.publish("e", "r", {}))["confirmed"]
+    assert (await bystander.publish("e", "r", {}))["msg_id"]
     async with AsyncClient(sock_path) as fresh:
         assert await fresh.ping()
     await bystander.close()
@@ -516,7 +575,11 @@ async def test_broken_length_prefix_closes_only_that_connection(
 
 async def test_requests_before_half_close_are_still_answered(served: Any, sock_path: str) -> None:
     sock = raw_connect(sock_path)
-    sock.sendall(encode_request(5, "publish", exchange="e", routing_key="sleep.0.1", payload="{}"))
+    sock.sendall(
+        encode_request(
+            5, "publish", exchange="e", routing_key="sleep.0.1", payload="{}", confirm=True
+        )
+    )
     sock.shutdown(socket.SHUT_WR)
     responses = await async_read_responses(sock, 5)
     assert [(r.id, r.ok) for r in responses] == [(5, True)]
@@ -531,13 +594,15 @@ async def test_requests_of_a_vanished_client_are_carried_out(sock_path: str) -> 
         sock = raw_connect(sock_path)
         sock.sendall(
             b"".join(
-                encode_request(i, "publish", exchange="e", routing_key="sleep.0.01", payload="{}")
+                encode_request(
+                    i, "publish", exchange="e", routing_key="sleep.0.01", payload="{}", confirm=True
+                )
                 for i in range(20)
             )
         )
         sock.close()  # gone before any reply: 4 running, 16 in the backlog
         for _ in range(200):
-            if len(backend.published) == 20:
+            if len(backend.published) == 20 and server.inflight == 0:
                 break
             await asyncio.sleep(0.01)
         assert len(backend.published) == 20
@@ -570,8 +635,8 @@ async def test_stop_fails_inflight_with_shutting_down(sock_path: str) -> None:
     await server.start()
     assert os.path.exists(sock_path)
     kz = AsyncClient(sock_path)
-    blocked = asyncio.create_task(kz.publish("e", "block", {}))
-    short = asyncio.create_task(kz.publish("e", "sleep.0.05", {}))
+    blocked = asyncio.create_task(kz.publish("e", "block", {}, confirm=True))
+    short = asyncio.create_task(kz.publish("e", "sleep.0.05", {}, confirm=True))
     await asyncio.to_thread(backend.started.wait, 5)
     await server.stop(grace=0.3)
     assert (await short)["confirmed"]  # finished within the grace period
@@ -587,7 +652,7 @@ async def test_requests_during_stop_are_refused(sock_path: str) -> None:
     server = IpcServer(sock_path, backend, max_frame=MAX_FRAME)
     await server.start()
     async with AsyncClient(sock_path) as kz:
-        blocked = asyncio.create_task(kz.publish("e", "block", {}))
+        blocked = asyncio.create_task(kz.publish("e", "block", {}, confirm=True))
         await asyncio.to_thread(backend.started.wait, 5)
         stopping = asyncio.create_task(server.stop(grace=0.5))
         await asyncio.sleep(0.05)
@@ -658,4 +723,129 @@ def test_status_includes_ipc_counters(threaded: ThreadedServer, sock_path: str) 
     _, status = read_responses(sock, 2)
     assert status.result["ipc"]["malformed_frames"] == 1
     assert status.result["ipc"]["requests"] == {"status": 1}
+    sock.close()
+
+
+# ====================================================================== publish semantics
+
+
+async def test_accepted_publish_returns_before_the_confirm(served: Any, sock_path: str) -> None:
+    _, backend = served
+    async with AsyncClient(sock_path) as kz:
+        result = await asyncio.wait_for(kz.publish("e", "block", {"a": 1}), 2)
+        assert result == {"msg_id": "m-1"}
+        assert backend.started.is_set()  # the confirm is still outstanding
+        assert backend.options[-1] == {"mandatory": False, "persistent": None, "confirm": False}
+        backend.release.set()  # type: ignore[union-attr]
+
+
+async def test_confirmed_publish_returns_after_the_confirm(served: Any, sock_path: str) -> None:
+    _, backend = served
+    async with AsyncClient(sock_path) as kz:
+        call = asyncio.create_task(kz.publish("e", "block", {}, confirm=True, persistent=True))
+        await asyncio.to_thread(backend.started.wait, 5)
+        await asyncio.sleep(0.05)
+        assert not call.done()  # waits for the broker
+        backend.release.set()  # type: ignore[union-attr]
+        result = await asyncio.wait_for(call, 2)
+        assert result["msg_id"] == "m-1" and result["server_id"] == "zone-local"
+        assert backend.options[-1] == {"mandatory": False, "persistent": True, "confirm": True}
+
+
+def test_failure_after_acceptance_is_not_raised_to_the_accept_mode_caller(
+    make_client: Callable[..., Client], threaded: ThreadedServer
+) -> None:
+    kz = make_client()
+    assert kz.publish("e", "fail.typed", {}) == {"msg_id": "m-1"}
+    with pytest.raises(PublishFailed, match="nacked"):
+        kz.publish("e", "fail.typed", {}, confirm=True)
+    for _ in range(100):
+        if threaded.backend.failed_after_accept:
+            break
+        time.sleep(0.01)
+    # the backend (the daemon's publisher) owns it: see test_connector for the counter and log
+    [(msg_id, exc)] = threaded.backend.failed_after_accept
+    assert msg_id == "m-1" and isinstance(exc, PublishFailed)
+
+
+async def test_batch_results_per_message(served: Any, sock_path: str) -> None:
+    _, backend = served
+    messages: list[Any] = [
+        ("e", "ok.1", {}),
+        ("e", "bad.sync", {}),
+        ("e", "fail.bug", {}),
+        {"exchange": "e", "routing_key": "fail.typed", "payload": "{}"},
+        {"exchange": "e", "routing_key": "fail.typed", "payload": "{}", "confirm": True},
+        {"exchange": "e", "routing_key": "sleep.0.05", "payload": {}, "persistent": False},
+    ]
+    async with AsyncClient(sock_path) as kz:
+        results = await kz.publish_batch(messages)
+        assert results[0] == {"msg_id": "m-1"}
+        assert isinstance(results[1], BadRoutingKey)
+        assert type(results[2]) is KazooError and "RuntimeError: boom" in str(results[2])
+        assert results[3] == {"msg_id": "m-2"}  # accepted; the nack is the daemon's to log
+        assert isinstance(results[4], PublishFailed)  # this one asked for the confirm
+        assert results[5] == {"msg_id": "m-4"}
+        confirmed = await kz.publish_batch(messages[:1] + messages[5:], confirm=True)
+        assert [r["server_id"] for r in confirmed] == ["zone-local", "zone-local"]  # type: ignore[index]
+    assert backend.options[3]["persistent"] is False
+
+
+async def test_typed_errors_and_their_attributes_survive_the_socket(
+    served: Any, sock_path: str
+) -> None:
+    async with AsyncClient(sock_path) as kz:
+        with pytest.raises(QueryTimeout) as info:
+            await kz.query("e", "no-reply", {}, timeout_ms=250)
+        assert info.value.timeout_ms == 250
+        with pytest.raises(BadRoutingKey, match="pick another"):
+            await kz.publish("e", "bad.sync", {})
+
+
+def test_timeout_ms_over_the_limit_is_refused_by_name(
+    make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
+) -> None:
+    kz = make_client()
+    with pytest.raises(UsageError, match=r"MAX_TIMEOUT_MS"):
+        kz.query("e", "r", {}, timeout_ms=10**9)
+    sock = raw_connect(sock_path)  # a client that skips the check gets the daemon's answer
+    sock.sendall(
+        encode_request(4, "query", exchange="e", routing_key="r", payload="{}", timeout_ms=10**9)
+        + encode_request(5, "ping")
+    )
+    refused, pong = read_responses(sock, 2)
+    assert (refused.id, refused.error_type) == (4, "ProtocolError")
+    assert "MAX_TIMEOUT_MS (600000)" in refused.error_message
+    assert (pong.id, pong.result) == (5, True)
+    sock.close()
+
+
+async def test_deeply_nested_json_gets_a_typed_error_and_the_connection_goes_on(
+    served: Any, sock_path: str
+) -> None:
+    sock = raw_connect(sock_path)
+    deep = b'{"id":3,"op":"publish","payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    sock.sendall(encode_frame(deep) + encode_request(4, "ping"))
+    nested, pong = await async_read_responses(sock, 2)
+    assert nested.error_type == "ProtocolError" and "too deeply" in nested.error_message
+    assert (pong.id, pong.result) == (4, True)
+    sock.close()
+
+
+async def test_replies_queued_before_a_broken_length_prefix_are_still_sent(
+    served: Any, sock_path: str
+) -> None:
+    sock = raw_connect(sock_path)
+    sock.sendall(
+        encode_request(
+            1, "publish", exchange="e", routing_key="sleep.0.1", payload="{}", confirm=True
+        )
+        + encode_request(2, "publish", exchange="e", routing_key="r", payload="{}")
+        + b"\xff\xff\xff\xff"
+    )
+    responses = await async_read_responses(sock, 10)  # until the server closes
+    by_id = {r.id: r for r in responses}
+    assert by_id[2].result == {"msg_id": "m-2"}
+    assert by_id[None].error_type == "ProtocolError"
+    assert by_id[1].ok and by_id[1].result["confirmed"]  # answered before the close
     sock.close()

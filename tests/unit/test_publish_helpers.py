@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from kazoo_amqp.amqp.protocol import ConfirmCallback
+from kazoo_amqp.amqp.channel import ConfirmCallback
 from kazoo_amqp.amqp.publisher import MsgIds as _MsgIds
 from kazoo_amqp.errors import PublishFailed
 

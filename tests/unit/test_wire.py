@@ -10,9 +10,11 @@ import pytest
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.wire import (
     BadRequest,
+    PublishItem,
     Request,
     decode_request,
     decode_response,
+    encode_publish,
     encode_request,
     encode_response_error,
     encode_response_ok,
@@ -68,6 +70,56 @@ ROUND_TRIPS = [
     ),
     ("status", {}, Request(1, "status")),
     ("ping", {}, Request(1, "ping")),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "confirm": True},
+        Request(1, "publish", "e", "r", "{}", confirm=True),
+    ),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "persistent": True},
+        Request(1, "publish", "e", "r", "{}", persistent=True),
+    ),
+    (
+        "publish",
+        {"exchange": "e", "routing_key": "r", "payload": {}, "persistent": False, "confirm": False},
+        Request(1, "publish", "e", "r", {}, persistent=False),
+    ),
+    (
+        "query",
+        {"exchange": "e", "routing_key": "r", "payload": "{}", "timeout_ms": 600_000},
+        Request(1, "query", "e", "r", "{}", timeout_ms=600_000),
+    ),
+    (
+        "publish_batch",
+        {
+            "messages": [
+                {"exchange": "a", "routing_key": "1", "payload": "{}"},
+                {"exchange": "b", "routing_key": "2", "payload": {}, "confirm": False},
+                {"exchange": "c", "routing_key": "3", "payload": "{}", "persistent": True},
+            ],
+            "confirm": True,
+        },
+        Request(
+            1,
+            "publish_batch",
+            messages=(
+                PublishItem("a", "1", "{}", None, False, True),
+                PublishItem("b", "2", {}, None, False, False),
+                PublishItem("c", "3", "{}", None, False, True, True),
+            ),
+            confirm=True,
+        ),
+    ),
+    (
+        "publish_batch",
+        {"messages": [{"exchange": "a", "routing_key": "1", "payload": "{}", "confirm": True}]},
+        Request(
+            1,
+            "publish_batch",
+            messages=(PublishItem("a", "1", "{}", None, False, True),),
+        ),
+    ),
 ]
 
 
@@ -85,6 +137,12 @@ def test_request_is_compact_utf8_json() -> None:
 def test_optional_fields_may_be_left_out_and_unknown_fields_are_ignored() -> None:
     req = decode_request(obj(id=9, op="publish", exchange="e", routing_key="r", payload="{}", x=1))
     assert req == Request(9, "publish", "e", "r", "{}")
+
+
+def test_a_request_from_an_older_client_decodes_with_the_accept_defaults() -> None:
+    # No confirm/persistent fields: accept semantics and the daemon's default delivery mode.
+    req = decode_request(obj(id=2, op="publish", exchange="e", routing_key="r", payload="{}"))
+    assert (req.confirm, req.persistent, req.mandatory) == (False, None, False)
 
 
 def test_lone_surrogate_in_a_request_is_bad_payload() -> None:
@@ -125,14 +183,54 @@ BAD_REQUESTS = [
     (
         "timeout-str",
         obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms="5"),
-        "'timeout_ms' must be a non-negative integer or null",
+        "'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS",
         9,
     ),
     (
         "timeout-negative",
         obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms=-1),
-        "'timeout_ms' must be a non-negative integer",
+        "'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS",
         9,
+    ),
+    (
+        "timeout-over-the-limit",
+        obj(id=9, op="query", exchange="e", routing_key="r", payload="{}", timeout_ms=10**12),
+        r"'timeout_ms' must be an integer from 0 to MAX_TIMEOUT_MS \(600000\)",
+        9,
+    ),
+    (
+        "deeply-nested",
+        b'{"id":1,"op":"publish","payload":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "nests JSON arrays/objects too deeply",
+        None,
+    ),
+    (
+        "confirm-not-bool",
+        obj(id=11, op="publish", exchange="e", routing_key="r", payload="{}", confirm=1),
+        "'confirm' must be true or false",
+        11,
+    ),
+    (
+        "persistent-not-bool",
+        obj(id=12, op="publish", exchange="e", routing_key="r", payload="{}", persistent="y"),
+        "'persistent' must be true, false or null",
+        12,
+    ),
+    (
+        "batch-confirm-not-bool",
+        obj(id=13, op="publish_batch", messages=[{}], confirm="yes"),
+        "'confirm' must be true or false",
+        13,
+    ),
+    (
+        "batch-message-persistent-not-bool",
+        obj(
+            id=14,
+            op="publish_batch",
+            messages=[{"exchange": "e", "routing_key": "r", "payload": "{}", "persistent": 2}],
+        ),
+        "publish_batch message 0 of request 14: 'persistent' must be true, false or null",
+        14,
     ),
     (
         "bad-package",
@@ -232,3 +330,85 @@ def test_bad_responses_raise_protocol_error(frame: bytes, message: str) -> None:
 def test_error_of_an_ok_response_is_a_bug() -> None:
     with pytest.raises(ValueError):
         decode_response(obj(id=1, ok=True, result=1)).error()
+
+
+# ------------------------------------------------------------------ fast paths give the same bytes
+
+orjson = pytest.importorskip("orjson")
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "payload"),
+    [
+        ("callmgr", "route.req", '{"a":1}'),
+        ("é", 'quo"te\\', '{"x": "a\\/b", "n": 1.50, "t": "\\u00e9\\n"}'),
+        ("", "", ""),
+    ],
+)
+def test_encode_publish_gives_the_bytes_of_encode_request(
+    exchange: str, routing_key: str, payload: str
+) -> None:
+    assert encode_publish(7, exchange, routing_key, payload) == encode_request(
+        7, "publish", exchange=exchange, routing_key=routing_key, payload=payload
+    )
+
+
+def test_encode_publish_refuses_a_lone_surrogate() -> None:
+    with pytest.raises(BadPayload, match="surrogate"):
+        encode_publish(1, "e", "r", '{"a":"\ud800"}')
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"msg_id": "0123-é"}, {"msg_id": 'q"\\'}, {"msg_id": "m", "server_id": 1}, [1, {"a": None}]],
+)
+def test_response_fast_paths_give_the_standard_json(result: Any) -> None:
+    for dumps in (None, orjson.dumps):
+        frame = unframe(encode_response_ok(3, result, dumps))
+        assert json.loads(frame) == {"id": 3, "ok": True, "result": result}
+
+
+@pytest.mark.parametrize(("op", "fields", "expected"), ROUND_TRIPS)
+def test_decoding_with_orjson_gives_the_same_requests(
+    op: str, fields: dict[str, Any], expected: Request
+) -> None:
+    assert decode_request(unframe(encode_request(1, op, **fields)), orjson.loads) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "message", "request_id"),
+    [b[1:] for b in BAD_REQUESTS],
+    ids=[b[0] for b in BAD_REQUESTS],
+)
+def test_decoding_with_orjson_words_errors_the_same(
+    frame: bytes, message: str, request_id: int | None
+) -> None:
+    with pytest.raises(BadRequest, match=message) as info:
+        decode_request(frame, orjson.loads)
+    assert info.value.request_id == request_id
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        obj(id=1, op="publish", exchange="e", routing_key="r", payload={"n": 10**30}),
+        obj(
+            id=1,
+            op="publish_batch",
+            messages=[{"exchange": "e", "routing_key": "r", "payload": {"n": [10**30]}}],
+        ),
+        obj(id=10**30, op="ping"),
+        b'{"id":1,"op":"publish","exchange":"\\ud800","routing_key":"r","payload":"{}"}',
+    ],
+    ids=["payload-object", "batch-payload-object", "big-id", "escaped-lone-surrogate"],
+)
+def test_what_orjson_would_read_differently_is_decoded_by_json(frame: bytes) -> None:
+    assert decode_request(frame, orjson.loads) == decode_request(frame)
+
+
+def test_replies_orjson_refuses_are_still_encoded_like_json() -> None:
+    assert encode_response_ok(1, {"n": 10**30}, orjson.dumps) == encode_response_ok(
+        1, {"n": 10**30}
+    )
+    with pytest.raises(BadPayload, match="surrogate"):
+        encode_response_ok(1, {"s": "\ud800"}, orjson.dumps)

@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kazoo_amqp.amqp.channel import Channel, Delivery
 from kazoo_amqp.amqp.links import Link
-from kazoo_amqp.amqp.protocol import Channel, Delivery
 from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.broker_url import BrokerSpec
 from kazoo_amqp.core.config import Settings

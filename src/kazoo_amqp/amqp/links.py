@@ -34,7 +34,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from kazoo_amqp.amqp.protocol import Channel, Connection
+from kazoo_amqp.amqp.channel import Channel
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.core.broker_url import BrokerSpec
 from kazoo_amqp.core.config import Settings
 from kazoo_amqp.errors import KazooError
@@ -192,6 +193,7 @@ class LinkSupervisor:
             frame_max=131072,
             channel_max=self._channel_max,
             name=f"kazoo-amqp {self.node} {name}",
+            auth_mechanism=spec.auth_mechanism,
         )
 
     def _notify(self, link: Link) -> None:

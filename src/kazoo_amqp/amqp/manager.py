@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.amqp.consumers import Consumers, Dispatcher
 from kazoo_amqp.amqp.links import ConnectFn, EventSink, LinkSupervisor
-from kazoo_amqp.amqp.protocol import Connection
 from kazoo_amqp.amqp.publisher import Done, OnFailed, Publisher
 from kazoo_amqp.amqp.replies import Replies
 from kazoo_amqp.core.config import Settings
@@ -171,19 +171,6 @@ class Manager:
             except KazooError as exc:
                 results.append({"ok": False, "error": exc})
         return results
-
-    def publish_cb(
-        self,
-        exchange: str,
-        routing_key: str,
-        payload: str | bytes | dict[str, Any],
-        headers: str | None = None,
-        *,
-        mandatory: bool = False,
-        done: Done,
-    ) -> None:
-        """Today's socket-server entry point: :meth:`Publisher.submit` with ``done``."""
-        self.submit(exchange, routing_key, payload, headers, mandatory=mandatory, done=done)
 
     # -- consuming ------------------------------------------------------------------------
     def pause_consumers(self, paused: bool) -> None:

@@ -58,8 +58,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kazoo_amqp.amqp.channel import Channel, Returned
+from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.amqp.links import Link
-from kazoo_amqp.amqp.protocol import Channel, Connection, Returned
 from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.headers import parse_headers, rejected_segments
@@ -171,7 +172,9 @@ class Publisher:
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
         self._nacked: dict[Outgoing, asyncio.TimerHandle] = {}  # nacked, waiting to be re-sent
         # (deadline, confirm, connection written to, link): what the sweeper watches
-        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = collections.deque()
+        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
+            collections.deque()
+        )
         self._unconfirmed = 0
         self._flush_scheduled = False
         self._closing = False
@@ -183,6 +186,7 @@ class Publisher:
         self.counters: dict[str, int] = {
             "published": 0,
             "publish_failed": 0,
+            "publish_failed_after_accept": 0,
             "publish_retried": 0,
             "publish_nacked": 0,
             "publish_expired": 0,
@@ -526,17 +530,22 @@ class Publisher:
 
     def _fail(self, m: Outgoing, exc: BaseException) -> None:
         self.counters["publish_failed"] += 1
+        accepted = m.done is None
         log.warning(
-            "publish to exchange %r routing key %r (Msg-ID %s) failed: %s: %s",
+            "publish to exchange %r routing key %r (Msg-ID %s) failed%s: %s: %s",
             m.exchange,
             m.routing_key,
             m.msg_id,
+            " after it was accepted" if accepted else "",
             type(exc).__name__,
             exc,
         )
         if m.done is not None:
             _call(m.done, None, exc)
-        elif self.on_failed is not None:
+            return
+        # accepted without a confirm: nobody waits, so the count and the route are its trace
+        self.counters["publish_failed_after_accept"] += 1
+        if self.on_failed is not None:
             try:
                 self.on_failed(m, exc)
             except Exception:

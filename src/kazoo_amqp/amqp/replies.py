@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kazoo_amqp.amqp.channel import Delivery
 from kazoo_amqp.amqp.consumers import Dispatcher
 from kazoo_amqp.amqp.links import Link
-from kazoo_amqp.amqp.protocol import Delivery
 from kazoo_amqp.amqp.publisher import Publisher
 from kazoo_amqp.core import jsonc
 from kazoo_amqp.core.config import Settings

@@ -20,6 +20,9 @@ Deliberate differences from rabbitmq-c, listed in ``docs/compat-config.md``:
 
 A query string (``?heartbeat=…``) or fragment is rejected, exactly as rabbitmq-c rejects it: the
 heartbeat and the connect timeout are the ``amqp_heartbeats`` and ``amqp_connect_timeout_*`` keys.
+One exception, our own (``docs/compat.md``): a URL may end in ``?auth_mechanism=external`` (or
+``plain``, the default) to log in with the TLS client certificate (SASL EXTERNAL, RabbitMQ's
+``rabbitmq_auth_mechanism_ssl``) instead of user and password; it needs ``amqps://``.
 
 This module is pure: it reads no files, environment or network.
 """
@@ -49,6 +52,9 @@ _ENCODE_HINT = (
     "(%2F %3F %23 %5B %5D %40 %3A)"
 )
 
+# the one query parameter we accept, only at the very end of the URL
+_AUTH_QUERY = re.compile(r"\?auth_mechanism=(?P<mechanism>[^?#&]*)$", re.IGNORECASE)
+_MECHANISMS = ("PLAIN", "EXTERNAL")
 # USER:PASSWORD@ at the start of a valid URL's authority (no delimiter inside, rabbitmq-c rules).
 _EXACT_USERINFO = re.compile(r"^(?P<head>[a-z]+://[^:@/?#\[\]]*:)(?P<pw>[^:@/?#\[\]]*)(?=@)")
 # Best effort for values that did not parse: everything up to the last '@' is user information.
@@ -75,6 +81,8 @@ class BrokerSpec:
     vhost: str
     tls: bool
     url: str
+    #: SASL mechanism: "PLAIN" (user and password) or "EXTERNAL" (the TLS client certificate)
+    auth_mechanism: str = "PLAIN"
 
     @property
     def redacted(self) -> str:
@@ -86,7 +94,7 @@ class BrokerSpec:
             f"BrokerSpec(server_id={self.server_id!r}, zone={self.zone!r}, "
             f"primary={self.primary!r}, host={self.host!r}, port={self.port!r}, "
             f"user={self.user!r}, password='***', vhost={self.vhost!r}, tls={self.tls!r}, "
-            f"url={self.redacted!r})"
+            f"url={self.redacted!r}, auth_mechanism={self.auth_mechanism!r})"
         )
 
 
@@ -133,7 +141,26 @@ def parse_connection(
     zone, url = _split_zone(value, primary_zone=primary_zone, key=key)
     if url.startswith("kazoo://"):
         url = "amqp://" + url[len("kazoo://") :]
+    mechanism = "PLAIN"
+    query = _AUTH_QUERY.search(url)
+    if query is not None:
+        mechanism = query["mechanism"].upper()
+        if mechanism not in _MECHANISMS:
+            raise _bad_url(
+                key,
+                value,
+                f"auth_mechanism {query['mechanism']!r} is not supported; use "
+                "auth_mechanism=external (TLS client certificate) or plain (the default)",
+            )
+        url = url[: query.start()]
     host, port, user, password, vhost, tls = _parse_url(url, value=value, key=key)
+    if mechanism == "EXTERNAL" and not tls:
+        raise _bad_url(
+            key,
+            value,
+            "auth_mechanism=external logs in with the TLS client certificate, so it needs "
+            "amqps:// (and amqps_cert / amqps_key)",
+        )
     return BrokerSpec(
         server_id=server_id,
         zone=zone,
@@ -145,6 +172,7 @@ def parse_connection(
         vhost=vhost,
         tls=tls,
         url=url,
+        auth_mechanism=mechanism,
     )
 
 
@@ -238,7 +266,8 @@ def _delimiter_problem(delim: str, after: str, *, in_vhost: bool) -> str:
     if delim in "?#" and "@" not in after:
         return (
             "query strings and fragments are not supported (set heartbeats with "
-            "amqp_heartbeats and the connect timeout with amqp_connect_timeout_sec/_micro)"
+            "amqp_heartbeats and the connect timeout with amqp_connect_timeout_sec/_micro); "
+            "the one query parameter accepted is ?auth_mechanism=external"
         )
     if delim == "/" and in_vhost and "@" not in after:
         return "the vhost is one path segment; write a '/' inside it as %2F"

@@ -59,6 +59,15 @@ def _too_big(length: int, limit: int) -> ProtocolError:
     )
 
 
+class _Broken(Exception):
+    """Internal: the stream broke after ``frames`` were completed."""
+
+    def __init__(self, frames: list[bytes], error: ProtocolError) -> None:
+        super().__init__(str(error))
+        self.frames = frames
+        self.error = error
+
+
 class FrameDecoder:
     """Turn a byte stream into frames; keeps a partial frame until the rest arrives.
 
@@ -102,16 +111,35 @@ class FrameDecoder:
         Raises:
             ProtocolError: a length prefix is over ``max_frame`` (then, and on every later call,
                 the decoder is :attr:`broken`). Frames completed earlier in the same call are
-                lost with it; the connection has to be closed anyway.
+                lost with it; use :meth:`feed_some` to keep them.
         """
+        frames, error = self.feed_some(data)
+        if error is not None:
+            raise error
+        return frames
+
+    def feed_some(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[bytes], ProtocolError | None]:
+        """As :meth:`feed`, but a length over the limit is returned with the frames completed
+        before it, not raised: a server can still answer those before it gives up the stream.
+        """
+        try:
+            return self._feed(data, []), None
+        except _Broken as broken:
+            return broken.frames, broken.error
+
+    def _feed(self, data: bytes | bytearray | memoryview, frames: list[bytes]) -> list[bytes]:
         if self._broken:
-            raise ProtocolError(
-                "the frame decoder is unusable after an earlier protocol error on this stream"
+            raise _Broken(
+                frames,
+                ProtocolError(
+                    "the frame decoder is unusable after an earlier protocol error on this stream"
+                ),
             )
         buf = self._buf
         limit = self._max
         unpack = _unpack_from
-        frames: list[bytes] = []
         if type(data) is not bytes:
             data = bytes(data)
         end_of_data = len(data)
@@ -130,7 +158,7 @@ class FrameDecoder:
             if length > limit:
                 self._broken = True
                 buf.clear()
-                raise _too_big(length, limit)
+                raise _Broken(frames, _too_big(length, limit))
             missing = 4 + length - held
             if end_of_data - pos < missing:
                 buf += data[pos:] if pos else data
@@ -147,7 +175,7 @@ class FrameDecoder:
             (length,) = unpack(data, pos)
             if length > limit:
                 self._broken = True
-                raise _too_big(length, limit)
+                raise _Broken(frames, _too_big(length, limit))
             end = pos + 4 + length
             if end > end_of_data:
                 break

@@ -8,9 +8,13 @@ Requests: ``{"id": <int>, "op": <str>, ...fields}``
 ==============  ==========================================================================
 op              fields
 ==============  ==========================================================================
-``publish``     ``exchange`` str, ``routing_key`` str, ``payload`` str (JSON text),
-                ``headers`` str or null (``k1=v1;k2=v2``, may be left out)
-``query``       as ``publish``, plus ``timeout_ms`` int >= 0 or null (may be left out)
+``publish``     ``exchange`` str, ``routing_key`` str, ``payload`` str (JSON text) or object,
+                ``headers`` str or null (``k1=v1;k2=v2``), ``mandatory`` bool,
+                ``confirm`` bool, ``persistent`` bool or null (all four may be left out)
+``publish_batch`` ``messages``: 1 to ``MAX_BATCH`` objects shaped like ``publish`` (without
+                ``id``/``op``); ``confirm`` bool: the default of messages that do not say
+``query``       as ``publish`` (no ``confirm``/``persistent``), plus ``timeout_ms`` int
+                0..``MAX_TIMEOUT_MS`` or null (may be left out)
 ``pua_publish`` ``payload`` str (JSON text), ``package`` null, ``"presence"``,
                 ``"dialog"`` or ``"message-summary"`` (may be left out)
 ``status``      none
@@ -18,6 +22,15 @@ op              fields
 ==============  ==========================================================================
 
 Fields not listed are ignored, so an older daemon can serve a newer client.
+
+Publish results. Without ``confirm`` (or ``false``) the daemon answers as soon as it has
+validated and accepted the message: ``{"msg_id": "..."}``; what happens later (confirm, buffer,
+retries, failover) is the daemon's job, and a failure it learns after accepting is logged,
+counted and sent to ``kazoo:publish-failed``, not to the caller. With ``"confirm": true`` it
+answers after the broker's confirm: ``{"msg_id": "...", "server_id": "..."}``, or the error.
+A daemon older than the ``confirm`` field always answers after the confirm, which is what a
+caller asking for it wants anyway. ``persistent``: true sends the message with delivery mode 2,
+false with 1, null/absent takes the daemon's configured default.
 
 Responses: ``{"id": n, "ok": true, "result": <any JSON>}`` or
 ``{"id": n, "ok": false, "error": {"type": "<errors class name>", "message": "..."}}``.
@@ -32,6 +45,7 @@ once, where it is published.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
@@ -46,17 +60,22 @@ from kazoo_amqp.errors import (
 )
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_TIMEOUT_MS",
     "OPS",
     "PUA_PACKAGES",
     "BadRequest",
     "Op",
+    "PublishItem",
     "Request",
     "Response",
     "decode_request",
     "decode_response",
+    "encode_publish",
     "encode_request",
     "encode_response_error",
     "encode_response_ok",
+    "error_object",
     "error_type_name",
 ]
 
@@ -65,9 +84,13 @@ OPS: Final = frozenset({"publish", "publish_batch", "query", "pua_publish", "sta
 
 #: Most messages one ``publish_batch`` request may carry.
 MAX_BATCH: Final = 10000
+#: Largest ``timeout_ms`` a request may carry (10 minutes): a longer wait is a bug of the caller.
+MAX_TIMEOUT_MS: Final = 600_000
 PUA_PACKAGES: Final = frozenset({"presence", "dialog", "message-summary"})
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: JSON string literal of a str, non-ASCII kept (the C helper behind ``_dumps``).
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 _loads = json.loads
 
 
@@ -102,6 +125,8 @@ class Request:
     package: str | None = None
     mandatory: bool = False
     messages: tuple[PublishItem, ...] = ()
+    confirm: bool = False
+    persistent: bool | None = None
 
 
 class PublishItem(NamedTuple):
@@ -112,6 +137,8 @@ class PublishItem(NamedTuple):
     payload: str | dict[str, Any]
     headers: str | None
     mandatory: bool
+    confirm: bool = False
+    persistent: bool | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +171,32 @@ def _frame_json(obj: dict[str, Any]) -> bytes:
             f"text is not valid Unicode (a lone surrogate at position {exc.start}); "
             "it cannot be sent as UTF-8"
         ) from None
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadPayload(
+            f"text is not valid Unicode (a lone surrogate at position {exc.start}); "
+            "it cannot be sent as UTF-8"
+        ) from None
+
+
+def encode_publish(id: int, exchange: str, routing_key: str, payload: str) -> bytes:
+    """The framed ``publish`` request of the common shape (no optional field, text payload):
+    the same bytes as :func:`encode_request` would give, built without a dict (the hot path of
+    every blocking caller).
+
+    Raises:
+        BadPayload: a string holds a lone surrogate.
+    """
+    return encode_frame(
+        _utf8(
+            f'{{"id":{id:d},"op":"publish","exchange":{_quote(exchange)},'
+            f'"routing_key":{_quote(routing_key)},"payload":{_quote(payload)}}}'
+        )
+    )
 
 
 def encode_request(id: int, op: str, **fields: Any) -> bytes:
@@ -203,12 +256,27 @@ def batch_results(items: list[Any]) -> list[dict[str, Any] | KazooError]:
     return out
 
 
-def encode_response_ok(id: int, result: Any) -> bytes:
+def encode_response_ok(id: int, result: Any, dumps: Callable[[Any], bytes] | None = None) -> bytes:
     """Return the framed success response for request ``id``.
+
+    ``dumps``: a faster serialiser to try first (bytes out, compact, UTF-8); on any error the
+    standard one runs and says what is wrong. The accepted-publish result ``{"msg_id": str}``
+    is formatted directly (one per publish on the daemon's hot path).
 
     Raises:
         TypeError, ValueError: ``result`` is not JSON-serialisable.
     """
+    if type(result) is dict and len(result) == 1:
+        msg_id = result.get("msg_id")
+        if type(msg_id) is str:
+            return encode_frame(
+                _utf8(f'{{"id":{id:d},"ok":true,"result":{{"msg_id":{_quote(msg_id)}}}}}')
+            )
+    if dumps is not None:
+        try:
+            return encode_frame(dumps({"id": id, "ok": True, "result": result}))
+        except Exception:
+            pass  # the standard serialiser below says what is wrong
     return _frame_json({"id": id, "ok": True, "result": result})
 
 
@@ -248,6 +316,10 @@ def _parse_object(frame: bytes, what: str, error: type[ProtocolError]) -> dict[s
         obj = _loads(text)
     except ValueError as exc:
         raise error(f"{what} frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise error(
+            f"{what} frame nests JSON arrays/objects too deeply to parse; flatten the payload"
+        ) from None
     if type(obj) is not dict:
         raise error(f"{what} frame is JSON {_json_kind(obj)}, not an object")
     return obj
@@ -304,6 +376,17 @@ def _flag(obj: dict[str, Any], name: str, request_id: int, op: str) -> bool:
     return value
 
 
+def _persistent(obj: dict[str, Any], request_id: int, op: str) -> bool | None:
+    """The optional ``persistent`` field: true, false, or null/absent (the daemon's default)."""
+    value = obj.get("persistent")
+    if value is None or type(value) is bool:
+        return value
+    raise BadRequest(
+        f"{op} request {request_id}: 'persistent' must be true, false or null, not {value!r}",
+        request_id=request_id,
+    )
+
+
 def _optional_field(obj: dict[str, Any], name: str, request_id: int, op: str) -> str | None:
     value = obj.get(name)
     if value is None or type(value) is str:
@@ -314,15 +397,58 @@ def _optional_field(obj: dict[str, Any], name: str, request_id: int, op: str) ->
     )
 
 
-def decode_request(frame: bytes) -> Request:
+def _publish_item(obj: dict[str, Any], request_id: int, where: str, confirm: bool) -> PublishItem:
+    """One publish (a ``publish`` request or a batch message), every field checked."""
+    return PublishItem(
+        _field(obj, "exchange", request_id, where),
+        _field(obj, "routing_key", request_id, where),
+        _payload_field(obj, request_id, where),
+        _optional_field(obj, "headers", request_id, where),
+        _flag(obj, "mandatory", request_id, where),
+        _flag(obj, "confirm", request_id, where) if "confirm" in obj else confirm,
+        _persistent(obj, request_id, where),
+    )
+
+
+def _has_object_payload(obj: dict[str, Any]) -> bool:
+    if type(obj.get("payload")) is dict:
+        return True
+    messages = obj.get("messages")
+    return type(messages) is list and any(
+        type(m) is dict and type(m.get("payload")) is dict for m in messages
+    )
+
+
+def decode_request(frame: bytes, fast_loads: Callable[[bytes], Any] | None = None) -> Request:
     """Parse and check one request frame's payload.
+
+    ``fast_loads``: a faster parser taking bytes (orjson's), tried first. Its result is used only
+    when it cannot differ from the standard parser's: the request is valid and carries no
+    payload *object* (orjson reads integers over 64 bits as floats; payload objects are user
+    data, so they are always parsed by ``json``). Anything else is parsed again by ``json``,
+    which gives the exact result or words the error.
 
     Raises:
         BadRequest: (a :class:`~kazoo_amqp.errors.ProtocolError`) the frame is not UTF-8, not
-            JSON, not an object, has no integer ``id``, a missing or unknown ``op``, or a field of
-            the wrong type. ``request_id`` is set when the id could be read.
+            JSON (or nested too deeply to parse), not an object, has no integer ``id``, a
+            missing or unknown ``op``, a field of the wrong type, or a ``timeout_ms`` over
+            :data:`MAX_TIMEOUT_MS`. ``request_id`` is set when the id could be read.
     """
-    obj = _parse_object(frame, "request", BadRequest)
+    if fast_loads is not None:
+        try:
+            obj = fast_loads(frame)
+        except Exception:
+            obj = None
+        if type(obj) is dict and not _has_object_payload(obj):
+            try:
+                return _request_from(obj)
+            except BadRequest:
+                pass  # the standard parser below reads it exactly and words the error
+    return _request_from(_parse_object(frame, "request", BadRequest))
+
+
+def _request_from(obj: dict[str, Any]) -> Request:
+    """Check a parsed request object (see :func:`decode_request`)."""
     request_id = obj.get("id")
     if type(request_id) is not int:
         if "id" not in obj:
@@ -342,14 +468,17 @@ def decode_request(frame: bytes) -> Request:
             and (type(payload) is str or type(payload) is dict)
         ):  # the common shape (id, op, exchange, routing_key, payload), checked cheaply
             return Request(request_id, "publish", exchange, routing_key, payload)
+        item = _publish_item(obj, request_id, op, False)
         return Request(
             request_id,
             "publish",
-            exchange=_field(obj, "exchange", request_id, op),
-            routing_key=_field(obj, "routing_key", request_id, op),
-            payload=_payload_field(obj, request_id, op),
-            headers=_optional_field(obj, "headers", request_id, op),
-            mandatory=_flag(obj, "mandatory", request_id, op),
+            exchange=item.exchange,
+            routing_key=item.routing_key,
+            payload=item.payload,
+            headers=item.headers,
+            mandatory=item.mandatory,
+            confirm=item.confirm,
+            persistent=item.persistent,
         )
     if op == "publish_batch":
         items = obj.get("messages")
@@ -359,6 +488,7 @@ def decode_request(frame: bytes) -> Request:
                 f"{MAX_BATCH} publish objects, not {_json_kind(items)}",
                 request_id=request_id,
             )
+        confirm = _flag(obj, "confirm", request_id, op)
         messages = []
         for n, item in enumerate(items):
             if type(item) is not dict:
@@ -378,25 +508,20 @@ def decode_request(frame: bytes) -> Request:
                 and (type(payload) is str or type(payload) is dict)
                 and len(item) == 3
             ):  # the common shape, checked cheaply
-                messages.append(PublishItem(exchange, routing_key, payload, None, False))
+                messages.append(PublishItem(exchange, routing_key, payload, None, False, confirm))
                 continue
-            where = f"publish_batch message {n} of"
             messages.append(
-                PublishItem(
-                    _field(item, "exchange", request_id, where),
-                    _field(item, "routing_key", request_id, where),
-                    _payload_field(item, request_id, where),
-                    _optional_field(item, "headers", request_id, where),
-                    _flag(item, "mandatory", request_id, where),
-                )
+                _publish_item(item, request_id, f"publish_batch message {n} of", confirm)
             )
-        return Request(request_id, "publish_batch", messages=tuple(messages))
+        return Request(request_id, "publish_batch", messages=tuple(messages), confirm=confirm)
     if op == "query":
         timeout_ms = obj.get("timeout_ms")
-        if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms < 0):
+        if timeout_ms is not None and (
+            type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS
+        ):
             raise BadRequest(
-                f"query request {request_id}: 'timeout_ms' must be a non-negative integer or "
-                f"null, not {timeout_ms!r}",
+                f"query request {request_id}: 'timeout_ms' must be an integer from 0 to "
+                f"MAX_TIMEOUT_MS ({MAX_TIMEOUT_MS}) or null, not {timeout_ms!r}",
                 request_id=request_id,
             )
         return Request(

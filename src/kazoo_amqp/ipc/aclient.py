@@ -1,7 +1,10 @@
 """``AsyncClient``: the local socket API for asyncio programs.
 
 Same methods as ``kazoo_amqp.ipc.client.Client`` but as coroutines, with one connection shared by
-concurrent callers: requests are pipelined with ids and replies resolve futures by id. Kept apart
+concurrent callers: requests are pipelined with ids, writes made in one loop iteration leave in
+one ``write`` (:class:`~kazoo_amqp.aio.WriteCoalescer`), and replies resolve futures by id. The
+protocol itself (arguments, encoding, decoding, typed errors) is :mod:`kazoo_amqp.ipc.request`,
+shared with ``Client``; neither client imports the other. Kept apart
 from ``Client`` so that blocking users (Kamailio's app_python3, worker processes) never import
 asyncio, which costs about 10 MB per process.
 """
@@ -12,38 +15,24 @@ import asyncio
 import heapq
 import os
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from kazoo_amqp.core.framing import FrameDecoder
-from kazoo_amqp.core.wire import Response, decode_response
+from kazoo_amqp.aio import WriteCoalescer
+from kazoo_amqp.core.wire import Response
 from kazoo_amqp.errors import KazooError, NotConnected, ProtocolError
-from kazoo_amqp.ipc.client import (
-    _ID_MASK,
-    Payload,
-    _batch_items,
-    _batch_result,
-    _connect_error,
-    _dict_result,
-    _encode,
-    _lost,
-    _mandatory,
-    _no_answer,
-    _package_arg,
-    _payload_text,
-    _query_result,
-    _query_wait,
-    _text_arg,
-)
+from kazoo_amqp.ipc import request as rq
+from kazoo_amqp.ipc.request import Call, Payload
 
 __all__ = ["AsyncClient"]
+
+T = TypeVar("T")
 
 #: How often a connection checks its requests' client-side deadlines (they are a backstop:
 #: the daemon answers a query timeout itself), in seconds.
 _SWEEP_S = 0.1
 
-#: Requests in flight above which writes are gathered for ``_GATHER_S`` seconds.
+#: Requests in flight above which writes are gathered for a fraction of a millisecond.
 _BUSY = 32
-_GATHER_S = 0.0005
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -55,9 +44,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Response]] = {}
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self._decoder = FrameDecoder()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
+        self.stream = rq.Stream()
+        self._writer = WriteCoalescer(self.loop, self._write)
         self._writable: asyncio.Future[None] | None = None
         # (deadline, request id, op, wait): one sweep every 0.1 s instead of a timer per call.
         self.deadlines: list[tuple[float, int, str, float]] = []
@@ -83,40 +71,33 @@ class _ClientProtocol(asyncio.Protocol):
             _, request_id, op, wait = heapq.heappop(deadlines)
             future = pending.get(request_id)
             if future is not None and not future.done():
-                future.set_exception(_no_answer(self.path, op, wait))
+                future.set_exception(rq.no_answer(self.path, op, wait))
         if pending and deadlines:
             self._sweep_handle = self.loop.call_later(_SWEEP_S, self._sweep)
         elif not pending:
             deadlines.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, so no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
-        self._out.clear()
+        self._writer.clear()
         self.fail_all(None)
         self._wake_writers()
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self._decoder.feed(data)
+            responses = self.stream.feed(data)
         except ProtocolError as exc:
             self.fail_all(exc)
             if self.transport is not None:
                 self.transport.close()
             return
         pending = self.pending
-        for frame in frames:
-            try:
-                response = decode_response(frame)
-            except ProtocolError as exc:
-                self.fail_all(exc)
-                if self.transport is not None:
-                    self.transport.close()
-                return
+        for response in responses:
             future = pending.pop(response.id, None) if response.id is not None else None
             if future is not None:
                 if not future.done():
@@ -145,28 +126,18 @@ class _ClientProtocol(asyncio.Protocol):
             await asyncio.shield(self._writable)
 
     def send(self, frame: bytes) -> None:
-        out = self._out
-        if not out and len(self.pending) <= 1 and self.transport is not None:
-            self.transport.write(frame)  # alone in flight: no one to coalesce with, no extra turn
-            return
-        out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            if len(self.pending) > _BUSY:
-                # Many requests in flight: their replies pace us anyway, so gather requests for
-                # a fraction of a millisecond and save a system call (and a daemon read) each.
-                self.loop.call_later(_GATHER_S, self._flush)
-            else:
-                self.loop.call_soon(self._flush)
+        n = len(self.pending)
+        if n <= 1:
+            self._writer.write_now(frame)  # alone in flight: no one to coalesce with
+        else:
+            # Many requests in flight: their replies pace us anyway, so gather requests for a
+            # fraction of a millisecond and save a system call (and a daemon read) each.
+            self._writer.write(frame, busy=n > _BUSY)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out or self.transport is None:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.transport.write(data)
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
 
     def fail_all(self, exc: KazooError | None) -> None:
         pending = self.pending
@@ -174,12 +145,12 @@ class _ClientProtocol(asyncio.Protocol):
         for request_id, future in pending.items():
             if not future.done():
                 future.set_exception(
-                    exc if exc is not None else _lost(self.path, f"request {request_id}")
+                    exc if exc is not None else rq.lost(self.path, f"request {request_id}")
                 )
 
     def close(self) -> None:
         if self.transport is not None:
-            self._flush()
+            self._writer.flush()
             self.transport.close()
 
 
@@ -195,7 +166,6 @@ class AsyncClient:
         self._timeout = timeout
         self._protocol: _ClientProtocol | None = None
         self._connect_lock = asyncio.Lock()
-        self._next_id = 0
         self._pid = os.getpid()
         self._closed = False
 
@@ -203,7 +173,7 @@ class AsyncClient:
     def path(self) -> str:
         return self._path
 
-    # ---- API
+    # ---- API (each method: build the call with ipc.request, run it)
 
     async def publish(
         self,
@@ -213,23 +183,28 @@ class AsyncClient:
         headers: str | None = None,
         *,
         mandatory: bool = False,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]:
-        """Publish ``payload``; return once the broker confirmed it or the daemon buffered it."""
-        result = await self._call(
-            "publish",
-            self._timeout,
-            exchange=_text_arg("exchange", exchange),
-            routing_key=_text_arg("routing_key", routing_key),
-            payload=_payload_text(payload),
-            headers=_text_arg("headers", headers, optional=True),
-            **_mandatory(mandatory),
+        """As :meth:`Client.publish <kazoo_amqp.ipc.client.Client.publish>`: ``{"msg_id"}`` once
+        the daemon accepted it; with ``confirm=True`` after the broker's confirm."""
+        return await self._run(
+            rq.publish(
+                exchange,
+                routing_key,
+                payload,
+                headers,
+                mandatory=mandatory,
+                confirm=confirm,
+                persistent=persistent,
+            )
         )
-        return _dict_result("publish", result)
 
-    async def publish_batch(self, messages: Any) -> list[dict[str, Any] | KazooError]:
+    async def publish_batch(
+        self, messages: Any, *, confirm: bool = False
+    ) -> list[dict[str, Any] | KazooError]:
         """Publish many messages in one round trip; each message's result or error, in order."""
-        items = _batch_items(messages)
-        return _batch_result(await self._call("publish_batch", self._timeout, messages=items))
+        return await self._run(rq.publish_batch(messages, confirm=confirm))
 
     async def query(
         self,
@@ -242,36 +217,22 @@ class AsyncClient:
         mandatory: bool = False,
     ) -> dict[str, Any]:
         """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
-        result = await self._call(
-            "query",
-            _query_wait(timeout_ms),
-            exchange=_text_arg("exchange", exchange),
-            routing_key=_text_arg("routing_key", routing_key),
-            payload=_payload_text(payload),
-            headers=_text_arg("headers", headers, optional=True),
-            timeout_ms=timeout_ms,
-            **_mandatory(mandatory),
+        return await self._run(
+            rq.query(exchange, routing_key, payload, timeout_ms, headers, mandatory=mandatory)
         )
-        return _query_result(result)
 
     async def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
         """Write the presentity update in ``payload``."""
-        result = await self._call(
-            "pua_publish",
-            self._timeout,
-            payload=_payload_text(payload),
-            package=_package_arg(package),
-        )
-        return _dict_result("pua_publish", result)
+        return await self._run(rq.pua_publish(payload, package))
 
     async def status(self) -> dict[str, Any]:
         """The daemon's status snapshot."""
-        return _dict_result("status", await self._call("status", self._timeout))
+        return await self._run(rq.status())
 
     async def ping(self) -> bool:
         """True when the daemon answers; False (never an exception) when it does not."""
         try:
-            return await self._call("ping", self._timeout) is True
+            return await self._run(rq.ping())
         except KazooError:
             return False
 
@@ -320,28 +281,26 @@ class AsyncClient:
                     self._timeout,
                 )
             except OSError as exc:  # TimeoutError included
-                raise _connect_error(path, exc) from None
+                raise rq.connect_error(path, exc) from None
             self._protocol = protocol
             return protocol
 
-    async def _call(self, op: str, wait: float, **fields: Any) -> Any:
+    async def _run(self, call: Call[T]) -> T:
         protocol = self._protocol
         if protocol is None or protocol.lost or self._pid != os.getpid():
             protocol = await self._connection()
-        self._next_id = request_id = (self._next_id + 1) & _ID_MASK
-        frame = _encode(request_id, op, fields)
+        request_id, frame = protocol.stream.encode(call)
         await protocol.writable()
         if protocol.lost:
-            raise _lost(self._path, op)  # lost while waiting to write; nothing was sent
+            raise rq.lost(self._path, call.op)  # lost while waiting to write; nothing was sent
         loop = protocol.loop
         future: asyncio.Future[Response] = loop.create_future()
         protocol.pending[request_id] = future
         protocol.send(frame)
-        protocol.expire_at(loop.time() + wait, request_id, op, wait)
+        wait = call.wait or self._timeout
+        protocol.expire_at(loop.time() + wait, request_id, call.op, wait)
         try:
             response = await future
         finally:
             protocol.pending.pop(request_id, None)
-        if response.ok:
-            return response.result
-        raise response.error()
+        return call.outcome(response)

@@ -44,6 +44,8 @@ class Services(Protocol):
         headers: str | None,
         *,
         mandatory: bool = False,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]: ...
 
     def query(
@@ -56,7 +58,14 @@ class Services(Protocol):
     ) -> dict[str, Any]: ...
 
     async def apublish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None,
+        *,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]: ...
 
     async def aquery(
@@ -71,6 +80,19 @@ class Services(Protocol):
     def subscribe(self, subscription: Subscription) -> None: ...
 
     def pua_publish(self, payload: Payload, package: str | None) -> dict[str, Any]: ...
+
+
+def _publish_options(mandatory: bool, confirm: bool, persistent: bool | None) -> dict[str, Any]:
+    """The publish keywords that are set (services written before an option existed still
+    work for callers that do not use it)."""
+    options: dict[str, Any] = {}
+    if mandatory:
+        options["mandatory"] = True
+    if confirm:
+        options["confirm"] = True
+    if persistent is not None:
+        options["persistent"] = persistent
+    return options
 
 
 class Kz:
@@ -121,14 +143,24 @@ class Kz:
         headers: str | None = None,
         *,
         mandatory: bool = False,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]:
-        """kazoo_publish: returns once the broker confirmed it (or it was buffered).
+        """kazoo_publish: returns ``{"msg_id"}`` once the daemon accepted the message.
 
-        ``mandatory=True``: raise ``PublishFailed`` when no queue is bound for the routing key.
+        ``confirm=True``: return after the broker's confirm (``{"msg_id", "server_id"}``) or
+        raise its typed error. ``mandatory=True``: fail with ``PublishFailed`` when no queue is
+        bound for the routing key (seen only with ``confirm=True``; otherwise the daemon logs
+        and counts it). ``persistent``: delivery mode 2 (True) or 1 (False); None: the
+        daemon's default.
         """
-        if mandatory:
-            return self._services.publish(exchange, routing_key, payload, headers, mandatory=True)
-        return self._services.publish(exchange, routing_key, payload, headers)
+        return self._services.publish(
+            exchange,
+            routing_key,
+            payload,
+            headers,
+            **_publish_options(mandatory, confirm, persistent),
+        )
 
     def query(
         self,
@@ -142,10 +174,19 @@ class Kz:
         return self._services.query(exchange, routing_key, payload, timeout_ms, headers)
 
     async def apublish(
-        self, exchange: str, routing_key: str, payload: Payload, headers: str | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+        *,
+        confirm: bool = False,
+        persistent: bool | None = None,
     ) -> dict[str, Any]:
-        """``publish`` for ``async def`` handlers."""
-        return await self._services.apublish(exchange, routing_key, payload, headers)
+        """``publish`` for ``async def`` handlers (same ``confirm`` and ``persistent``)."""
+        return await self._services.apublish(
+            exchange, routing_key, payload, headers, **_publish_options(False, confirm, persistent)
+        )
 
     async def aquery(
         self,

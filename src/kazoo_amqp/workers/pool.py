@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kazoo_amqp.aio import WriteCoalescer
 from kazoo_amqp.core import pipe
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.hashing import pick_worker
@@ -79,13 +80,20 @@ class WorkerHandle:
         self.transport: asyncio.Transport | None = None
         self.connected = False
         self.inflight: dict[int, InFlight] = {}
-        self.outbox: list[bytes] = []
+        # Deliveries written in one loop iteration leave in one write (set by WorkerPool.start).
+        self.outbox: WriteCoalescer | None = None
         self.last_progress = time.monotonic()
         self.restarts = 0
 
     @property
     def alive(self) -> bool:
         return self.connected and self.proc is not None and self.proc.poll() is None
+
+    def write(self, data: bytes) -> None:
+        """The outbox's sink. Without a connection the bytes are dropped: every frame in the
+        outbox is also in the in-flight table, which ``_spawn`` sends to the next process."""
+        if self.connected and self.transport is not None:
+            self.transport.write(data)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -132,7 +140,6 @@ class WorkerPool:
         self._rr = 0
         self._inflight_total = 0
         self._paused = False
-        self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -152,8 +159,10 @@ class WorkerPool:
     async def start(
         self, bindings: list[tuple[str | None, str | None]], zones: dict[int, str]
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self.init_frame = pipe.encode_init(bindings, zones)
+        for handle in self.workers:
+            handle.outbox = WriteCoalescer(loop, handle.write)
         for handle in self.workers:
             await self._spawn(handle)
         self._monitor = self._loop.create_task(self._supervise(), name="worker-pool-monitor")
@@ -192,7 +201,8 @@ class WorkerPool:
         handle.last_progress = time.monotonic()
         # Every frame in the outbox is also in flight: send the in-flight table, in order.
         backlog = [f.frame for _, f in sorted(handle.inflight.items())]
-        handle.outbox.clear()
+        if handle.outbox is not None:
+            handle.outbox.clear()
         transport.write(self.init_frame + b"".join(backlog))
         log.info("worker %d started (pid %d)", handle.index, handle.proc.pid)
 
@@ -251,23 +261,18 @@ class WorkerPool:
         if not handle.inflight:
             handle.last_progress = time.monotonic()
         handle.inflight[seq] = InFlight(frame, token)
-        handle.outbox.append(frame)
+        assert handle.outbox is not None, "WorkerPool.dispatch() before start()"
+        handle.outbox.write(frame)
         self.counters["dispatched"] += 1
         self._inflight_total += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
         if not self._paused and self._inflight_total >= self.high_water:
             self._paused = True
             self.on_pressure(True)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         for handle in self.workers:
-            if handle.outbox and handle.connected and handle.transport is not None:
-                handle.transport.write(b"".join(handle.outbox))
-                handle.outbox.clear()
+            if handle.outbox is not None:
+                handle.outbox.flush()
 
     def _outcomes(self, handle: WorkerHandle, outcomes: list[tuple[int, int]]) -> None:
         handle.last_progress = time.monotonic()
@@ -351,7 +356,8 @@ class WorkerPool:
                 )
                 self.on_done(item.token, GAVE_UP)
             self.counters["redelivered"] += len(handle.inflight)
-        handle.outbox.clear()  # everything in the outbox is also in inflight
+        if handle.outbox is not None:
+            handle.outbox.clear()  # everything in the outbox is also in inflight
         if handle.restarts > 1:
             await asyncio.sleep(min(0.1 * handle.restarts, 2.0))
         await self._spawn(handle)

@@ -1,7 +1,7 @@
 """An in-memory RabbitMQ for unit tests of amqp/: brokers, connections, channels, confirms.
 
-It implements the part of ``amqp.protocol`` (``Connection``, ``Channel``) that links, publisher,
-replies and consumers use, with RabbitMQ's observable behaviour:
+It implements the part of ``amqp.connection`` and ``amqp.channel`` (``Connection``,
+``Channel``) that links, publisher, replies and consumers use, with RabbitMQ's observable behaviour:
 
 * publisher confirms are sent on a later loop iteration; a publish to an exchange that does not
   exist closes the channel with 404 after ``basic.publish``: that publish fails with
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo_amqp.amqp.protocol import ConfirmCallback, Delivery, Returned
+from kazoo_amqp.amqp.channel import ConfirmCallback, Delivery, Returned
 from kazoo_amqp.errors import BrokerRefused, NotConnected, PublishFailed, PublishNacked
 
 _BUILTIN = {"", "amq.direct", "amq.topic", "amq.fanout", "amq.headers"}
