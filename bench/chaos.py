@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import random
@@ -474,14 +473,6 @@ class Stats:
     query_max_ms: float = 0.0
 
 
-def confirm_kw() -> dict[str, bool]:
-    """Ask for the broker's confirm where the client's publish can return on acceptance."""
-    from kazoo_amqp import AsyncClient
-
-    return {"confirm": True} if "confirm" in inspect.signature(AsyncClient.publish).parameters \
-        else {}
-
-
 def dialog(i: int, msg_id: str) -> dict[str, Any]:
     user = f"{1000 + i % 50}"
     return {
@@ -529,7 +520,6 @@ class Load:
         self.names = names
         self.stats = stats
         self.qt = query_timeout_ms
-        self.kw = confirm_kw()
         self.seq = Counter[str]()
         self.t0 = time.monotonic()
         self.lag = LoopLag()
@@ -589,7 +579,7 @@ class Load:
         else:
             ex, payload = self.names.ex("presence"), dialog(self.seq[kind], msg_id)
         try:
-            await client.publish(ex, f"{kind}.x", payload, **self.kw)
+            await client.publish(ex, f"{kind}.x", payload, confirm=True)
         except Exception as exc:
             st.errors[kind][type(exc).__name__] += 1
             st.by_daemon[f"{kind} {d.label} {type(exc).__name__}"] += 1

@@ -8,7 +8,6 @@ quorum queue with ack after the handler.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -27,9 +26,6 @@ from tests.cluster.cluster import Cluster
 from tests.integration.daemon_harness import DaemonProcess, unique
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-#: wait for the broker's confirm where the client's publish returns on acceptance by default
-CONFIRM = {"confirm": True} if "confirm" in inspect.signature(Client.publish).parameters else {}
 
 WORK_ROUTES = """
 import time
@@ -278,7 +274,9 @@ def test_a_stopped_cluster_node_fails_the_daemon_over_and_loses_no_confirmed_pub
                     return
                 msg_id = f"fo-{i}"
                 try:
-                    r = c.publish(names.exchange + ".sink", "data.x", {"Msg-ID": msg_id}, **CONFIRM)
+                    r = c.publish(
+                        names.exchange + ".sink", "data.x", {"Msg-ID": msg_id}, confirm=True
+                    )
                     confirmed.append((msg_id, r.get("server_id", 0)))
                 except Exception as exc:
                     failures.append(f"{msg_id}: {type(exc).__name__}: {exc}")
