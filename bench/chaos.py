@@ -681,7 +681,8 @@ class Chaos:
         b = self.b
         assert b.proc is not None
         workers = b.pids()[1:]
-        self.killed_managers.add(b.proc.pid)
+        manager = b.proc.pid
+        self.killed_managers.add(manager)
         self.killed_workers.update(workers)  # their in-flight work is re-run elsewhere
         os.kill(b.proc.pid, signal.SIGKILL)
         await asyncio.to_thread(b.proc.wait, 10)
@@ -693,7 +694,7 @@ class Chaos:
         b.kill_group(signal.SIGKILL)
         b.launch()  # RestartSec=1 was the sleep above
         await b.wait_ready(90)
-        return (f"killed manager {min(self.killed_managers)}; {len(left)} of {len(workers)} "
+        return (f"killed manager {manager}; {len(left)} of {len(workers)} "
                 "workers still alive 1 s later; restarted")
 
     async def bounce(self, node: int) -> str:
