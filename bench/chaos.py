@@ -830,35 +830,34 @@ def read_handled(daemons: list[ChaosDaemon]) -> list[Handled]:
     return rows
 
 
-def read_ledger(names: Names, timeout: float) -> Counter[str]:
-    """Every Msg-ID in ``chaos-ledger`` (consumed with ack until the queue is empty)."""
+def read_ledger(names: Names, timeout: float) -> tuple[Counter[str], int]:
+    """Every Msg-ID in ``chaos-ledger`` (auto-ack consume until it is empty), and how many
+    messages were still in it when ``timeout`` ran out (0 when it was read to the end)."""
     seen: Counter[str] = Counter()
     deadline = time.monotonic() + timeout
+    left = -1
+    idle = [0.0]
+
+    def on_msg(_ch: Any, _m: Any, _p: Any, body: bytes) -> None:
+        seen[json.loads(body)["Msg-ID"]] += 1
+        idle[0] = time.monotonic()
+
     while time.monotonic() < deadline:
         try:
             conn = first_conn((3, 2, 1))
             ch = conn.channel()
-            expected = ch.queue_declare(names.q("ledger"), passive=True).method.message_count
-            ch.basic_qos(prefetch_count=2000)
-            got = 0
-            for method, _props, body in ch.consume(names.q("ledger"), inactivity_timeout=3):
-                if method is None:
-                    break
-                seen[json.loads(body)["Msg-ID"]] += 1
-                got += 1
-                if got % 1000 == 0:
-                    ch.basic_ack(method.delivery_tag, multiple=True)
-                if time.monotonic() > deadline:
-                    break
-            with contextlib.suppress(Exception):
-                ch.cancel()
+            ch.basic_consume(names.q("ledger"), on_msg, auto_ack=True)
+            idle[0] = time.monotonic()
+            while time.monotonic() < deadline and time.monotonic() - idle[0] < 3.0:
+                conn.process_data_events(time_limit=0.5)
+            left = int(ch.queue_declare(names.q("ledger"), passive=True).method.message_count)
             conn.close()
-            if got >= expected:
-                return seen
+            if left == 0:
+                return seen, 0
         except Exception as exc:
             say(f"ledger read interrupted ({exc}); again")
             time.sleep(1)
-    return seen
+    return seen, left
 
 
 def presentity_rows(d: ChaosDaemon) -> int:
@@ -1024,7 +1023,8 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
 
         # ---- ledgers
         say("reading the ledger queue")
-        ledger = await asyncio.to_thread(read_ledger, names, 300)
+        ledger, unread = await asyncio.to_thread(
+            read_ledger, names, 120 + len(stats.confirmed["publish"]) / 200)
         confirmed = stats.confirmed
         lost_pub = confirmed["publish"] - set(ledger)
         handled = read_handled(daemons)
@@ -1037,6 +1037,7 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
             "lost": len(lost_pub), "lost_sample": sorted(lost_pub)[:10],
             "duplicates": sum(n - 1 for n in ledger.values() if n > 1),
             "delivered_not_confirmed": len(set(ledger) - confirmed["publish"]),
+            "unread_in_queue": unread,
             "failed": dict(stats.errors["publish"]),
         }
         per_kind = Counter(r[0] for r in handled)
@@ -1071,6 +1072,7 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
         result["presence_batches_failed"] = presence_failed
         checks = {
             "0 confirmed publishes lost": not lost_pub and bool(confirmed["publish"]),
+            "the ledger queue was read to the end": unread == 0,
             "0 acked-after deliveries lost": not lost_after and bool(acked_after),
             "0 presence writes failed": not any(presence_failed.values()),
             "no query answered past its deadline + 50 ms": not stats.query_late,
