@@ -55,6 +55,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -1097,6 +1098,9 @@ async def soak(a: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(delete_topology, names)
         await asyncio.to_thread(cluster.finish)
         result["dirs"] = {d.label: str(d.dir) for d in daemons}
+        if result.get("ok") and not a.keep:  # a failed run keeps its logs for the post-mortem
+            for d in daemons:
+                shutil.rmtree(d.dir, ignore_errors=True)
 
 
 def per_fault(log: list[dict[str, Any]], timeline: list[tuple[float, str]]
