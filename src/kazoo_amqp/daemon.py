@@ -85,12 +85,21 @@ def run_mod_init(settings: Settings) -> list[Subscription]:
         if settings.event_callback
         else router.get(MOD_INIT)
     )
+    subscriptions = mod_init(handler, settings)
+    log.info("kazoo:mod-init declared %d subscriptions", len(subscriptions))
+    return subscriptions
+
+
+def mod_init(handler: Any, settings: Settings) -> list[Subscription]:
+    """Run one ``kazoo:mod-init`` handler (or the event callback) once; return subscriptions.
+
+    Also used by ``kazoo_amqp.testing``, so a test bus declares what the daemon declares.
+    """
     services = ModInitServices(settings)
     if handler is not None:
         result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
         if inspect.isawaitable(result):
             asyncio.run(_await(result))
-    log.info("kazoo:mod-init declared %d subscriptions", len(services.subscriptions))
     return services.subscriptions
 
 
