@@ -21,11 +21,18 @@ Every final failure is also logged with exchange, routing key and Msg-ID, and co
 
 Which failures are final
     ``BrokerRefused`` (the broker closed the channel because of *this* publish, e.g. a 404 on a
-    missing exchange), ``PublishNacked`` (``basic.nack``), ``PublishFailed`` (a mandatory message
-    returned), ``PublishExpired`` (the deadline passed). ``NotConnected`` (the connection died,
-    or the channel was closed because of *another* publish) is retryable: the message goes back
-    to the front of the buffer and is written again, on the same broker once its channel is
-    open again or on the next usable one. So delivery is at-least-once.
+    missing exchange), ``PublishFailed`` (a mandatory message returned), ``PublishExpired`` (the
+    deadline passed). ``NotConnected`` (the connection died, or the channel was closed because
+    of *another* publish) is retryable: the message goes back to the front of the buffer and is
+    written again, on the same broker once its channel is open again or on the next usable one.
+    So delivery is at-least-once.
+
+A ``basic.nack`` (``PublishNacked``) is retried too, after a delay (0.1 s doubling up to 2 s),
+    until the deadline; then the caller gets the ``PublishNacked`` itself. RabbitMQ nacks when a
+    queue cannot take the message *now*: a quorum queue whose leader is on a node that just
+    stopped nacks until a new leader is elected (a second or two, measured by bench/chaos.py),
+    a ``reject-publish`` queue until it has room. Failing at once turned a node restart in a
+    healthy 3-node cluster into failed publishes for the callers.
 
 Picking a broker
     The first *writable* link of the primary zone in config order, or exactly the server named
@@ -71,6 +78,7 @@ from kazoo_amqp.errors import (
     BufferFull,
     NotConnected,
     PublishExpired,
+    PublishNacked,
     ShuttingDown,
     UsageError,
 )
@@ -84,6 +92,9 @@ OnFailed = Callable[["Outgoing", BaseException], None]
 
 _MAX_NAME_BYTES = 255
 _SWEEP_S = 0.1
+#: first delay before a nacked publish is written again; doubles per nack up to the max
+_NACK_RETRY_S = 0.1
+_NACK_RETRY_MAX_S = 2.0
 
 
 class Outgoing:
@@ -97,6 +108,7 @@ class Outgoing:
         "headers",
         "mandatory",
         "msg_id",
+        "nacks",
         "persistent",
         "routing_key",
         "sends",
@@ -128,8 +140,9 @@ class Outgoing:
         self.persistent = persistent
         self.done = done
         self.deadline = deadline
-        #: how many times it was written to a broker
+        #: how many times it was written to a broker, and how many of those were nacked
         self.sends = 0
+        self.nacks = 0
 
     def __repr__(self) -> str:
         return (
@@ -159,6 +172,7 @@ class Publisher:
         self._describe_links = describe_links
         self._buffer = _Buffer()
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
+        self._nacked: dict[Outgoing, asyncio.TimerHandle] = {}  # nacked, waiting to be re-sent
         # (deadline, confirm, connection written to, link): what the sweeper watches
         self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
             collections.deque()
@@ -176,6 +190,7 @@ class Publisher:
             "publish_failed": 0,
             "publish_failed_after_accept": 0,
             "publish_retried": 0,
+            "publish_nacked": 0,
             "publish_expired": 0,
             "publish_returned": 0,
             "buffered": 0,
@@ -216,14 +231,17 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._sweeper = None
-        waiting = [*self._retry, *self._buffer.take_all()]
+        for handle in self._nacked.values():
+            handle.cancel()
+        waiting = [*self._nacked, *self._retry, *self._buffer.take_all()]
+        self._nacked.clear()
         self._retry.clear()
         for m in waiting:
             self._fail(m, ShuttingDown("the daemon is stopping; the buffered publish was dropped"))
 
     def backlog(self) -> int:
         """Messages accepted and not yet settled (buffered or waiting for a confirm)."""
-        return len(self._buffer) + len(self._retry) + self._unconfirmed
+        return len(self._buffer) + len(self._retry) + len(self._nacked) + self._unconfirmed
 
     # -- accepting ------------------------------------------------------------------------
     def submit(
@@ -499,6 +517,9 @@ class Publisher:
             if m.done is not None:
                 _call(m.done, {"msg_id": m.msg_id, "server_id": server_id}, None)
             return
+        if isinstance(exc, PublishNacked):
+            self._on_nack(m, exc)
+            return
         if not isinstance(exc, NotConnected):
             self._fail(m, exc)
             return
@@ -511,6 +532,24 @@ class Publisher:
             log.debug("publish %r not confirmed (%s); sending it again", m, exc)
             self._retry.append(m)
             self._kick()
+
+    def _on_nack(self, m: Outgoing, exc: PublishNacked) -> None:
+        """Write a nacked message again after a delay, or fail it with the nack at its deadline."""
+        self.counters["publish_nacked"] += 1
+        delay = min(_NACK_RETRY_S * 2**m.nacks, _NACK_RETRY_MAX_S)
+        m.nacks += 1
+        if self._closing or self._clock() + delay >= m.deadline:
+            self._fail(m, exc)
+            return
+        log.info("publish %r nacked (%s); writing it again in %.1f s", m, exc, delay)
+        self._nacked[m] = asyncio.get_running_loop().call_later(delay, self._resend_nacked, m)
+
+    def _resend_nacked(self, m: Outgoing) -> None:
+        if self._nacked.pop(m, None) is None:
+            return
+        self.counters["publish_retried"] += 1
+        self._retry.append(m)
+        self._kick()
 
     def _expired(self, m: Outgoing, last: BaseException | None) -> PublishExpired:
         self.counters["publish_expired"] += 1
@@ -571,7 +610,7 @@ class Publisher:
 
     def status(self) -> dict[str, Any]:
         return {
-            "buffered_publishes": len(self._buffer) + len(self._retry),
+            "buffered_publishes": len(self._buffer) + len(self._retry) + len(self._nacked),
             "unconfirmed_publishes": self._unconfirmed,
             **self.counters,
         }

@@ -85,15 +85,55 @@ async def test_a_refused_publish_without_done_reaches_on_failed_with_its_identit
         await until(lambda: len(rig.net["a"].published) == 1)
 
 
-async def test_a_nack_reaches_the_caller_as_publish_nacked() -> None:
+async def test_a_nack_that_persists_reaches_the_caller_as_publish_nacked_at_the_deadline() -> None:
+    """A queue that keeps nacking (full, reject-publish): re-sent with growing delays, then the
+    caller gets the PublishNacked itself once publish_buffer_timeout_ms has passed."""
+    async with Rig("a", publish_buffer_timeout_ms=500) as rig:
+        rig.net["a"].exchanges.add("full")
+        rig.net["a"].nack_exchanges.add("full")
+        out = Outcomes()
+        started = asyncio.get_running_loop().time()
+        rig.manager.submit("full", "k", {}, done=out.done_for("n"))
+        await until(lambda: out.settled == 1, timeout=5)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert isinstance(out.errors["n"], PublishNacked)
+        assert 0.25 < elapsed < 1.0  # 0.1 + 0.2 s of delays fit in 0.5 s, 0.4 more do not
+        status = rig.manager.status()
+        assert status["publish_nacked"] == 3 and status["publish_failed"] == 1
+        assert len(rig.net["a"].published) == 0 and rig.manager.publisher.backlog() == 0
+
+
+async def test_a_transient_nack_is_sent_again_and_confirmed() -> None:
+    """A quorum queue whose leader's node stopped nacks until a new leader is elected: the
+    publish is written again after a delay and confirmed; the caller sees no error (issue 8's
+    chaos soak: 159 presence updates failed during a node restart in a healthy cluster)."""
     async with Rig("a") as rig:
+        broker = rig.net["a"]
+        broker.exchanges.add("q")
+        broker.nack_exchanges.add("q")
+        out = Outcomes()
+        rig.manager.submit("q", "k", {}, done=out.done_for("n"))
+        rig.manager.submit("amq.topic", "k", {}, done=out.done_for("other"))
+        await until(lambda: rig.manager.status()["publish_nacked"] >= 1)
+        broker.nack_exchanges.discard("q")  # the new leader takes messages again
+        await until(lambda: out.settled == 2, timeout=5)
+        assert out.errors == {}
+        assert out.results["n"]["server_id"] == 1 and "other" in out.results
+        assert rig.manager.status()["publish_failed"] == 0
+        assert rig.manager.publisher.backlog() == 0
+
+
+async def test_a_nacked_publish_waiting_to_be_resent_fails_with_shutting_down_on_stop() -> None:
+    async with Rig("a", publish_buffer_timeout_ms=60000) as rig:
         rig.net["a"].exchanges.add("full")
         rig.net["a"].nack_exchanges.add("full")
         out = Outcomes()
         rig.manager.submit("full", "k", {}, done=out.done_for("n"))
-        await until(lambda: out.settled == 1)
-        assert isinstance(out.errors["n"], PublishNacked)
-        assert rig.manager.status()["publish_failed"] == 1
+        await until(lambda: rig.manager.status()["publish_nacked"] >= 1)
+        assert rig.manager.publisher.backlog() == 1
+        await rig.manager.publisher.stop()
+        assert isinstance(out.errors["n"], ShuttingDown)
+        assert rig.manager.publisher.backlog() == 0
 
 
 async def test_a_returned_mandatory_publish_fails_with_publish_failed() -> None:
