@@ -594,19 +594,28 @@ class Publisher:
                 self._fail(m, self._expired(m, None))
             while confirms and (confirms[0][1].done() or confirms[0][0] <= now):
                 _, confirm, conn, link = confirms.popleft()
-                if confirm.done() or not conn.is_open:
+                if confirm.done():
                     continue
-                if conn.blocked is not None or (link.control is conn and link.blocked):
-                    # The broker holds confirms during an alarm or channel.flow: not dead.
-                    confirms.append((now + self._confirm_timeout, confirm, conn, link))
-                    continue
-                log.warning(
-                    "no confirm from %s:%d within publish_confirm_timeout_ms: dropping the "
-                    "connection, unconfirmed publishes go out again",
-                    conn.host,
-                    conn.port,
+                if conn.is_open:
+                    if conn.blocked is not None or (link.control is conn and link.blocked):
+                        # The broker holds confirms during an alarm or channel.flow: not dead.
+                        confirms.append((now + self._confirm_timeout, confirm, conn, link))
+                        continue
+                    log.warning(
+                        "no confirm from %s:%d within publish_confirm_timeout_ms: dropping the "
+                        "connection, unconfirmed publishes go out again",
+                        conn.host,
+                        conn.port,
+                    )
+                    conn.abort()  # fails every pending confirm with NotConnected
+                # A confirm its closed connection or channel never settled would hold the
+                # message forever (seen in the chaos soak): settle it here so it goes again.
+                confirm.set_exception(
+                    NotConnected(
+                        f"no confirm from {conn.host}:{conn.port} within "
+                        "publish_confirm_timeout_ms and its connection is gone"
+                    )
                 )
-                conn.abort()  # fails every pending confirm with NotConnected
 
     def status(self) -> dict[str, Any]:
         return {

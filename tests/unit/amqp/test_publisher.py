@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -243,6 +244,27 @@ async def test_a_hung_broker_is_dropped_after_the_confirm_timeout_and_messages_g
         await until(lambda: out.settled == 5)
         assert out.errors == {} and rig.manager.status()["publish_retried"] >= 5
         assert ("closed", 1) in rig.events
+
+
+async def test_a_confirm_its_lost_connection_never_settled_is_sent_again() -> None:
+    """Regression (chaos soak): a connection that closes without failing a pending confirm
+    must not hold that message forever; the sweeper settles it and it goes out again."""
+    async with Rig("a", publish_confirm_timeout_ms=100) as rig:
+        broker = rig.net["a"]
+        broker.hang = True
+        out = Outcomes()
+        rig.manager.submit("amq.topic", "k", {"I": 1}, done=out.done_for("orphan"))
+
+        def holding() -> list[Any]:
+            return [c for c in broker.open_connections() if any(ch._pending for ch in c.channels)]
+
+        await until(lambda: len(holding()) == 1)
+        [conn] = holding()
+        conn.is_open = False  # lost without terminating its channels: the confirm is orphaned
+        conn.closed.set_result(None)
+        broker.hang = False
+        await until(lambda: out.settled == 1, 3.0)
+        assert out.errors == {} and rig.manager.status()["publish_retried"] >= 1
 
 
 async def test_lost_broker_fails_over_and_unconfirmed_messages_are_sent_again() -> None:
