@@ -11,7 +11,8 @@ Start order
 
 SIGHUP reloads the routes file: it is checked first in a separate process (``check-config``),
 then the workers are replaced one at a time (``WorkerPool.reload``), so no delivery is lost or
-run twice. Subscriptions (``kazoo:mod-init``) and the config file are not reloaded.
+run twice. Subscriptions (``kazoo:mod-init``) and the config file are not reloaded. With
+``[kamailio]`` there are no workers and SIGHUP only logs so.
 
 Stop order (first SIGTERM/SIGINT; a second one exits at once)
     1. cancel the consumers: no new deliveries;
@@ -44,9 +45,15 @@ from kazoo_amqp.core.message import connection_event_text, publish_failed_body
 from kazoo_amqp.core.pipe import encode_event, encode_named_event
 from kazoo_amqp.core.route_names import MOD_INIT, PUBLISH_FAILED
 from kazoo_amqp.core.stats import Recorder
-from kazoo_amqp.core.subscription import AckMode, Subscription
-from kazoo_amqp.errors import UsageError
+from kazoo_amqp.core.subscription import (
+    AckMode,
+    Subscription,
+    parse_subscription,
+    subscription_from_args,
+)
+from kazoo_amqp.errors import KazooError, UsageError
 from kazoo_amqp.ipc.server import IpcServer
+from kazoo_amqp.kamailio_sink.sink import KamailioSink
 from kazoo_amqp.obs import systemd
 from kazoo_amqp.obs.service import Observer
 from kazoo_amqp.workers.context import Kz
@@ -133,7 +140,7 @@ class DaemonBackend:
         self,
         exchange: str,
         routing_key: str,
-        payload: str,
+        payload: str | dict[str, Any],
         headers: str | None,
         timeout_ms: int | None,
         *,
@@ -143,7 +150,9 @@ class DaemonBackend:
             exchange, routing_key, payload, headers, timeout_ms, mandatory=mandatory
         )
 
-    async def pua_publish(self, payload: str, package: str | None) -> dict[str, Any]:
+    async def pua_publish(
+        self, payload: str | dict[str, Any], package: str | None
+    ) -> dict[str, Any]:
         if self._presence is None:
             from kazoo_amqp.presence.service import PresenceService
 
@@ -153,6 +162,45 @@ class DaemonBackend:
             self._executor, self._presence.publish, payload, package
         )
         return result
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | dict[str, Any],
+        headers: str | None,
+        timeout_ms: int | None,
+        resume: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A Kamailio ``kazoo_async_query``: published now and answered ``{"accepted": true}``;
+        the reply (or the timeout, or a returned query) continues the suspended transaction
+        ``resume`` names through the bridge. Bad input raises its typed error at once."""
+        sink = self.daemon.sink
+        if sink is None:
+            raise UsageError(
+                "async_query needs the Kamailio bridge: the config has no [kamailio] table "
+                "(convert the cfg with kazoo-amqp kamailio-convert)"
+            )
+        try:
+            outcome = self.daemon.manager.start_query(
+                exchange, routing_key, payload, headers, timeout_ms, mandatory=True
+            )
+        except Exception as exc:
+            # The caller does not wait for this answer: the transaction goes to its timeout
+            # route now, and the error is logged here.
+            log.warning(
+                "async query to exchange %r routing key %r refused: %s; running %s",
+                exchange,
+                routing_key,
+                exc,
+                resume.get("timeout_route"),
+            )
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_exception(exc)
+            sink.answer_later(outcome, resume)
+            raise
+        sink.answer_later(outcome, resume)
+        return {"accepted": True}
 
     def status(self) -> dict[str, Any]:
         d = self.daemon
@@ -195,19 +243,36 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
-        self.subscriptions = run_mod_init(settings)
+        self.sink: KamailioSink | None = None
+        self.pool: WorkerPool | KamailioSink
+        self._manager_start: asyncio.Task[None] | None = None
         #: hot-path histograms, only when metrics are served
         self.recorder = Recorder() if settings.http_listen else None
-        self.pool = WorkerPool(
-            size=settings.workers,
-            config_path=config_path,
-            on_done=self._on_done,
-            on_pressure=self._on_pressure,
-            handler_timeout=settings.handler_timeout_ms / 1000,
-            max_redeliveries=settings.max_redeliveries,
-            env=default_env(),
-            handler_stats=self.recorder.handler if self.recorder is not None else None,
-        )
+        if settings.kamailio is not None:
+            # Events run inside Kamailio; the subscriptions come from its kazoo:mod-init.
+            self.subscriptions = []
+            self.pool = self.sink = KamailioSink(
+                settings.kamailio,
+                on_done=self._on_done,
+                on_pressure=self._on_pressure,
+                event_key=settings.amqp_consumer_event_key,
+                event_subkey=settings.amqp_consumer_event_subkey,
+                max_redeliveries=settings.max_redeliveries,
+                reconnect_min=settings.reconnect_min_ms / 1000,
+                reconnect_max=settings.reconnect_max_ms / 1000,
+            )
+        else:
+            self.subscriptions = run_mod_init(settings)
+            self.pool = WorkerPool(
+                size=settings.workers,
+                config_path=config_path,
+                on_done=self._on_done,
+                on_pressure=self._on_pressure,
+                handler_timeout=settings.handler_timeout_ms / 1000,
+                max_redeliveries=settings.max_redeliveries,
+                env=default_env(),
+                handler_stats=self.recorder.handler if self.recorder is not None else None,
+            )
         self.manager = Manager(
             settings,
             subscriptions=self.subscriptions,
@@ -281,6 +346,34 @@ class Daemon:
         frame = encode_event(seq, text.encode())
         self.pool.dispatch(self.pool.pick(None), seq, frame, None)
 
+    def _on_kamailio_subscriptions(self, entries: list[dict[str, Any]]) -> None:
+        """Kamailio answered /kazoo/mod-init: declare what it subscribed (at start, and again
+        when a restarted Kamailio subscribes differently)."""
+        subs: list[Subscription] = []
+        for entry in entries:
+            try:
+                if "args" in entry:
+                    subs.append(subscription_from_args(*entry["args"]))
+                else:
+                    subs.append(parse_subscription(entry.get("json", "")))
+            except (KazooError, TypeError) as exc:
+                log.error("kazoo_subscribe at %s: %s; skipped", entry.get("where", "?"), exc)
+        assert self.sink is not None
+        self.sink.bindings = [(sub.event_key, sub.event_subkey) for sub in subs]
+        if self._manager_start is None:
+            log.info("Kamailio's kazoo:mod-init declared %d subscriptions", len(subs))
+            self.subscriptions[:] = subs
+            self._manager_start = asyncio.get_running_loop().create_task(self.manager.start())
+        elif subs != self.subscriptions:
+            log.warning(
+                "Kamailio's kazoo:mod-init now declares %d subscriptions (was %d); "
+                "reconnecting the consumers",
+                len(subs),
+                len(self.subscriptions),
+            )
+            self.subscriptions[:] = subs
+            self.manager.replace_subscriptions(self.subscriptions)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -292,7 +385,8 @@ class Daemon:
         reasons: list[str] = []
         if not any(link.up and link.spec.primary for link in self.manager.links):
             reasons.append(f"no primary-zone broker is connected ({self.manager.describe_links()})")
-        down = [h.index for h in self.pool.workers if not (h.alive or h.recycling)]
+        workers = self.pool.workers if isinstance(self.pool, WorkerPool) else []
+        down = [h.index for h in workers if not (h.alive or h.recycling)]
         if down:
             reasons.append(f"worker(s) {', '.join(map(str, down))} not running")
         return reasons
@@ -310,8 +404,12 @@ class Daemon:
     async def reload(self) -> bool:
         """Check the routes file in a fresh process, then replace the workers one at a time.
 
-        Returns False (and keeps the running workers) when the check fails.
+        Returns False (and keeps the running workers) when the check fails, or when events
+        run inside Kamailio (``[kamailio]``: there are no workers and no routes file to reload).
         """
+        if not isinstance(self.pool, WorkerPool):
+            log.warning("SIGHUP: events run inside Kamailio ([kamailio]); nothing to reload")
+            return False
         log.info("SIGHUP: checking the routes file %s", self.settings.routes)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -354,8 +452,16 @@ class Daemon:
         if self.observer is not None:
             await self.observer.start()
         await self.ipc.start()
-        await self.pool.start(bindings, zones)
-        await self.manager.start()
+        if self.sink is not None:
+            self.sink.zones = zones
+            await self.sink.start()
+            # The brokers are started when Kamailio answered kazoo:mod-init.
+            self.sink.watch_mod_init(self._on_kamailio_subscriptions)
+            log.info("waiting for Kamailio's bridge at %s", self.sink.bridge.bridge)
+        else:
+            assert isinstance(self.pool, WorkerPool)
+            await self.pool.start(bindings, zones)
+            await self.manager.start()
         _tune_gc()
         log.info(
             "kazoo-amqp %s running: node %s, %d workers, socket %s, brokers: %s",

@@ -97,6 +97,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("log_level", "info"),
     ("log_format", "text"),
     ("http_listen", None),
+    ("kamailio", None),
 ]
 
 

@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
 from kazoo_amqp.core.config_keys import EFFECTIVE, KEY, KEYS, ignored_reason, known_keys
+from kazoo_amqp.core.kamailio.settings import BridgeSettings, bridge_from_mapping
 from kazoo_amqp.errors import ConfigError
 
 __all__ = [
@@ -104,7 +105,7 @@ class Settings:
     amqp_consumer_event_key: str = "Event-Category"
     amqp_consumer_event_subkey: str = "Event-Name"
     amqp_query_timeout: float = 2.0
-    amqp_query_timeout_avp: str | None = None  # accepted; not applicable (no pseudo-variables)
+    amqp_query_timeout_avp: str | None = None  # read by the Kamailio bridge only
     amqp_connect_timeout: float = 1.0  # effective value (config_keys.EFFECTIVE)
     amqp_heartbeats: int = 30  # effective value (config_keys.EFFECTIVE)
     amqps_ca_cert: str | None = None
@@ -153,6 +154,8 @@ class Settings:
     log_format: LogFormat = "text"
     #: ``HOST:PORT`` of the metrics/health/status HTTP listener, None = off
     http_listen: str | None = None
+    #: the Kamailio bridge (``[kamailio]``): events run inside Kamailio, not in worker processes
+    kamailio: BridgeSettings | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -217,7 +220,7 @@ def settings_from_mapping(
             the message names the key, the value and the fix.
     """
     _reject_unknown(data)
-    _check_kamailio_table(data.get("kamailio"))
+    kamailio = bridge_from_mapping(data.get("kamailio"))  # the one parser of [kamailio]
     r = _Reader(data)
     notes: list[str] = []
     # Every key of a simple kind is read from the table alone (type, default, range, meaning).
@@ -272,6 +275,8 @@ def settings_from_mapping(
         f"{key} is accepted and ignored: {reason}"
         for key in data
         if (reason := ignored_reason(key)) is not None
+        # the Kamailio bridge's edge module reads the per-query timeout from that AVP
+        and not (key == "amqp_query_timeout_avp" and kamailio is not None)
     ]
     return Settings(
         brokers=brokers,
@@ -288,6 +293,7 @@ def settings_from_mapping(
         routes=_routes(r, base_dir),
         kamailio_rpc=_kamailio_rpc(r, base_dir),
         http_listen=_http_listen(r),
+        kamailio=kamailio,
         notes=tuple(ignored + notes),
         **values,
     )
@@ -526,29 +532,6 @@ def _range(minimum: int, maximum: int | None) -> str:
     if minimum == 0:
         return "a non-negative integer"
     return f"an integer of at least {minimum}"
-
-
-def _check_kamailio_table(table: Any) -> None:
-    """Minimal check of ``[kamailio]`` (written by ``kamailio-convert``).
-
-    MERGE: replaced by the bridge helper's parsing of the table into Settings.
-    """
-    if table is None:
-        return
-    fix = "convert the cfg again with kazoo-amqp kamailio-convert"
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"config key 'kamailio' must be a table ({fix})", key="kamailio")
-    calls = table.get("calls", {})
-    if not isinstance(calls, Mapping) or not all(
-        isinstance(row, Mapping)
-        and isinstance(row.get("op"), str)
-        and isinstance(row.get("args"), list)
-        for row in calls.values()
-    ):
-        raise ConfigError(
-            f"config key 'kamailio.calls' must hold tables with op and args ({fix})",
-            key="kamailio",
-        )
 
 
 def _reject_unknown(data: Mapping[str, Any]) -> None:

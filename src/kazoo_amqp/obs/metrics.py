@@ -87,7 +87,8 @@ class DaemonCollector:
         failures = CounterMetricFamily(
             P + "publish_failures",
             "Accepted publishes that finally failed, by reason "
-            "(refused: channel closed by the broker, nacked, returned: mandatory and unroutable, "
+            "(refused: channel closed by the broker, nacked: still nacked at its deadline, "
+            "returned: mandatory and unroutable, "
             "expired: no confirm within publish_buffer_timeout_ms, shutdown, other)",
             labels=["reason"],
         )
@@ -99,8 +100,12 @@ class DaemonCollector:
             m.get("publish_returned", 0),
         )  # fmt: skip
         yield _counter(
-            "publish_retries", "Publishes written again after a lost connection",
+            "publish_retries", "Publishes written again after a lost connection or a nack",
             m.get("publish_retried", 0),
+        )  # fmt: skip
+        yield _counter(
+            "publish_nacks", "basic.nack confirms (sent again after a backoff until the deadline)",
+            m.get("publish_nacked", 0),
         )  # fmt: skip
         yield _counter(
             "publish_buffer_rejected",

@@ -11,6 +11,7 @@ from kazoo_amqp.amqp.consumers import AckToken
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.message import reply_queue_name
 from kazoo_amqp.core.pipe import decode_to_worker
+from kazoo_amqp.core.stats import Recorder
 from kazoo_amqp.core.subscription import parse_subscription
 from kazoo_amqp.errors import BrokerRefused, QueryTimeout, ShuttingDown
 from tests.unit.amqp.harness import HOST, Outcomes, Rig, until
@@ -176,3 +177,32 @@ async def test_query_replies_keep_flowing_while_the_broker_blocks_publishes() ->
         assert out.settled == 0
         rig.net["a"].unblock()
         await until(lambda: out.settled == 1)
+
+
+async def test_every_query_outcome_is_recorded_once_by_outcome() -> None:
+    """reply -> ok, timer -> timeout; refused publish, cancel and shutdown -> error."""
+    rec = Recorder()
+    rig = Rig("a")
+    rig.manager.replies.latency = rec.query
+    await rig.__aenter__()
+    rig.net["a"].exchanges.add("callmgr")
+    answered = asyncio.create_task(rig.manager.query("callmgr", "q", {}, timeout_ms=2000))
+    await _reply_to_last_query(rig, {})
+    await answered
+    with pytest.raises(QueryTimeout):
+        await rig.manager.query("amq.topic", "q", {}, timeout_ms=50)
+    with pytest.raises(BrokerRefused):
+        await rig.manager.query("gone", "q", {}, timeout_ms=2000)
+    cancelled = rig.manager.start_query("amq.topic", "q", {}, timeout_ms=5000)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert rig.manager.pending == {}
+    stopped = asyncio.create_task(rig.manager.query("amq.topic", "q", {}, timeout_ms=5000))
+    await until(lambda: bool(rig.manager.pending))
+    await rig.manager.stop()
+    with pytest.raises(ShuttingDown):
+        await stopped
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert {k: h.count for k, h in rec.query.items()} == {"ok": 1, "timeout": 1, "error": 3}
+    status = rig.manager.status()
+    assert (status["queries"], status["query_timeouts"], status["query_errors"]) == (5, 1, 3)
