@@ -23,6 +23,7 @@ from kazoo_amqp.errors import (
     ConfigError,
     KazooError,
     NotConnected,
+    OutcomeUnknown,
     ProtocolError,
     PublishFailed,
     QueryTimeout,
@@ -349,13 +350,40 @@ def test_client_works_in_a_forked_child(
 
 
 def test_client_gives_up_on_a_silent_daemon(
-    make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
+    make_client: Callable[..., Client],
+    threaded: ThreadedServer,
+    sock_path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kz = make_client(timeout=0.2)
-    with pytest.raises(NotConnected, match=r"did not answer the publish within 0\.2 s"):
+    monkeypatch.setattr(request_module, "CONFIRM_WAIT", 0.2)
+    kz = make_client(timeout=0.1)
+    with pytest.raises(OutcomeUnknown, match=r"may have been carried out.*within 0\.2 s") as info:
         kz.publish("e", "sleep.1", {}, confirm=True)
+    # the daemon was reached: the caller must not read this as "no broker, not sent"
+    assert not isinstance(info.value, NotConnected)
     # the abandoned connection was dropped; the next call uses a fresh one
     assert kz.publish("e", "ok", {})["msg_id"]
+
+
+def test_confirmed_publish_waits_longer_than_the_daemons_default_deadline() -> None:
+    """Issue 8: a publish held in the daemon's buffer through a memory alarm must get the
+    daemon's verdict, not the client's 5 s NotConnected guess."""
+    from kazoo_amqp.core.config import Settings
+
+    fields = Settings.__dataclass_fields__
+    deadline = (
+        fields["publish_buffer_timeout_ms"].default + fields["publish_confirm_timeout_ms"].default
+    ) / 1000
+    assert isinstance(deadline, float)
+    for call in (
+        request_module.publish("e", "k", {}, confirm=True),
+        request_module.publish_batch(
+            [{"exchange": "e", "routing_key": "k", "payload": {}, "confirm": True}]
+        ),
+    ):
+        assert call.wait_with(5.0) > deadline
+    assert request_module.publish("e", "k", {}).wait_with(5.0) == 5.0
+    assert request_module.query("e", "k", {}, timeout_ms=100).wait_with(5.0) < 5.0
 
 
 def test_client_query_waits_timeout_plus_margin(

@@ -195,7 +195,7 @@ class Client:
                     if early is not None:
                         raise early from None
                     raise rq.lost(self._path, op) from None
-            response = self._wait(sock, request_id, op, call.wait or self._timeout)
+            response = self._wait(sock, request_id, op, call.wait_with(self._timeout))
         return call.outcome(response)
 
     def _wait(self, sock: socket.socket, request_id: int, op: str, wait: float) -> Response:
