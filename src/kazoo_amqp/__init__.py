@@ -56,6 +56,7 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "AsyncClient",
     "BadPath",

@@ -158,9 +158,7 @@ class Publisher:
         self._buffer = _Buffer()
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
         # (deadline, confirm, connection written to, link): what the sweeper watches
-        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
-            collections.deque()
-        )
+        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = collections.deque()
         self._unconfirmed = 0
         self._flush_scheduled = False
         self._closing = False
