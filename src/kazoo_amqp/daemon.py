@@ -193,7 +193,12 @@ class Daemon:
         )
         self.backend = DaemonBackend(self)
         self.ipc = IpcServer(
-            settings.socket, self.backend, max_frame=settings.max_message_bytes + 65536
+            settings.socket,
+            self.backend,
+            max_frame=settings.max_message_bytes + 65536,
+            max_pending_bytes=settings.socket_pending_bytes,
+            socket_mode=settings.socket_mode,
+            socket_group=settings.socket_group,
         )
         self._stop = asyncio.Event()
         self._stopping = False
