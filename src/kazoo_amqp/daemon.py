@@ -23,6 +23,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import os
 import signal
 from typing import Any
 
@@ -36,11 +37,17 @@ from kazoo_amqp.core.message import connection_event_text, publish_failed_body
 from kazoo_amqp.core.pipe import encode_event, encode_named_event
 from kazoo_amqp.core.route_names import MOD_INIT, PUBLISH_FAILED
 from kazoo_amqp.core.subscription import Subscription
-from kazoo_amqp.errors import UsageError
+from kazoo_amqp.errors import ConfigError, KazooError, UsageError
 from kazoo_amqp.ipc.server import IpcServer
 from kazoo_amqp.workers.context import Kz
 from kazoo_amqp.workers.pool import WorkerPool, default_env
-from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
+from kazoo_amqp.workers.router import (
+    Router,
+    find_callback,
+    find_router,
+    has_router,
+    load_routes_module,
+)
 
 log = logging.getLogger("kazoo_amqp.daemon")
 
@@ -80,18 +87,53 @@ def run_mod_init(settings: Settings) -> list[Subscription]:
         return []
     module = load_routes_module(settings.routes)
     router: Router = find_router(module)
-    handler = (
-        find_callback(module, settings.event_callback)
-        if settings.event_callback
-        else router.get(MOD_INIT)
-    )
+    if settings.event_callback:
+        handler = find_callback(module, settings.event_callback)
+    else:
+        if not has_router(module):
+            raise ConfigError(
+                f"routes {settings.routes!r} defines no Router, so no event route would ever "
+                "run: add `from kazoo_amqp import Router` and `router = Router()` with "
+                "@router.route(...) handlers, or set event_callback to a function of it",
+                key="routes",
+            )
+        if not len(router):
+            log.warning(
+                "routes %r: its Router has no routes, so nothing is subscribed and no event "
+                "route runs; add @router.route('kazoo:mod-init') and event routes",
+                settings.routes,
+            )
+        handler = router.get(MOD_INIT)
     services = ModInitServices(settings)
     if handler is not None:
-        result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
-        if inspect.isawaitable(result):
-            asyncio.run(_await(result))
+        route = settings.event_callback or MOD_INIT
+        try:
+            result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
+            if inspect.isawaitable(result):
+                asyncio.run(_await(result))
+        except KazooError as exc:
+            raise ConfigError(
+                f"{route} in {settings.routes!r} failed: {type(exc).__name__}: {exc}",
+                key="routes",
+            ) from None
+        except (Exception, SystemExit) as exc:
+            where = _where(exc)
+            raise ConfigError(
+                f"{route} in {settings.routes!r} raised {type(exc).__name__}: {exc}{where}",
+                key="routes",
+            ) from None
     log.info("kazoo:mod-init declared %d subscriptions", len(services.subscriptions))
     return services.subscriptions
+
+
+def _where(exc: BaseException) -> str:
+    """`` at routes.py:12`` for the innermost frame of the exception (one line, no traceback)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
 async def _await(awaitable: Any) -> None:
