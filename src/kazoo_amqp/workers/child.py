@@ -11,13 +11,18 @@ Rules of the loop:
 * a handler that raises is logged with the message identity and reported ``HANDLER_ERROR``;
 * outcomes are written at the end of each batch, and at least every 50 ms during a long batch,
   so the manager can tell a slow handler from a hung one;
-* EOF on the pipe (the manager is gone) or a stop frame ends the process.
+* EOF on the pipe (the manager is gone) or a stop frame ends the process;
+* when the manager is gone (its end of the pipe hung up, seen at most every millisecond
+  between deliveries, or a write of outcomes fails) the worker stops at once with one log line:
+  the deliveries it still holds are not run, since their acks could no longer reach the broker
+  (the broker delivers them again, to the restarted daemon).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -35,6 +40,18 @@ from kazoo_amqp.workers.router import Router
 log = logging.getLogger("kazoo_amqp.worker")
 
 _FLUSH_EVERY = 0.05
+#: Seconds between checks that the manager still holds its end of the pipe.
+_HANGUP_CHECK_EVERY = 0.001
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+class _ManagerGone(Exception):
+    """Internal: the manager's end of the pipe is closed."""
+
+
+def _hung_up(poller: select.poll) -> bool:
+    """True when the peer closed its end (readable data may still be buffered)."""
+    return any(events & _HANGUP for _, events in poller.poll(0))
 
 
 class WorkerServices(Services, Protocol):
@@ -199,11 +216,29 @@ class Worker:
         if failed:
             error = int(pipe.Outcome.HANDLER_ERROR)
             outcomes = [(seq, error if seq in failed else code) for seq, code in outcomes]
-        sock.sendall(pipe.encode_outcomes(outcomes))
+        try:
+            sock.sendall(pipe.encode_outcomes(outcomes))
+        except OSError as exc:
+            raise _ManagerGone(str(exc)) from None
 
     def serve(self, sock: socket.socket) -> None:
+        """Run deliveries from ``sock`` until a stop frame, EOF, or the manager is gone."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        try:
+            self._serve(sock, poller)
+        except _ManagerGone as gone:
+            log.warning(
+                "worker %d: the manager is gone (%s); exiting without running the deliveries "
+                "still buffered: they were not acked and the broker delivers them again",
+                self.index,
+                gone,
+            )
+
+    def _serve(self, sock: socket.socket, poller: select.poll) -> None:
         decoder = FrameDecoder()
         self.services.batching = True
+        last_check = time.monotonic()
         while True:
             try:
                 data = sock.recv(1 << 18)
@@ -217,6 +252,11 @@ class Worker:
             last_flush = time.monotonic()
             now = int(time.time())
             for frame in decoder.feed(data):
+                mono = time.monotonic()
+                if mono - last_check > _HANGUP_CHECK_EVERY:
+                    last_check = mono
+                    if _hung_up(poller):
+                        raise _ManagerGone("its end of the pipe closed")
                 msg = pipe.decode_to_worker(frame)
                 if isinstance(msg, pipe.DeliveryFrame):
                     outcomes.append((msg.seq, self.handle_delivery(msg, now)))
