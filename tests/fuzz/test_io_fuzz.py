@@ -309,9 +309,8 @@ async def _garbage_run(data: bytes, hang_up: bool) -> None:
         pending = ch.publish("", "q", b"{}")
         fake.send(data)
         await asyncio.sleep(0.01)
-        if hang_up or not conn.closed.done():
-            if fake._writer is not None:
-                fake._writer.close()
+        if (hang_up or not conn.closed.done()) and fake._writer is not None:
+            fake._writer.close()
         reason = await asyncio.wait_for(asyncio.shield(conn.closed), 5)  # else: a hang
         assert reason is None or isinstance(reason, KazooError), repr(reason)
         if pending is not None:
@@ -352,7 +351,7 @@ toml_fragments = st.one_of(
             "\x00",
         ]
     ),
-    st.tuples(st.sampled_from(FIELDS + ["workers", "prefetch", "db_url"]), json_values).map(
+    st.tuples(st.sampled_from([*FIELDS, "workers", "prefetch", "db_url"]), json_values).map(
         lambda kv: f"{kv[0]} = {json.dumps(kv[1], ensure_ascii=True)}\n"
     ),
 )
