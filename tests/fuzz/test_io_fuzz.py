@@ -10,6 +10,7 @@ run a tenth of that: each example is a real connection).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -28,10 +29,11 @@ from kazoo_amqp.amqp.codec import FrameDecoder as AmqpDecoder
 from kazoo_amqp.amqp.connection import Connection
 from kazoo_amqp.core.config import load_config
 from kazoo_amqp.core.framing import FrameDecoder, encode_frame
+from kazoo_amqp.core.subscription import parse_subscription
 from kazoo_amqp.core.wire import decode_response
 from kazoo_amqp.errors import ERRORS_BY_NAME, FrameError, KazooError, MissingField
 from kazoo_amqp.ipc.server import IpcServer
-from tests.fuzz.test_core_properties import json_values, nasty_text
+from tests.fuzz.test_core_properties import SUB_KEYS, json_values, nasty_text
 from tests.integration.fake_broker import FakeBroker
 from tests.unit.amqp.harness import Rig
 from tests.unit.test_amqp_codec import STREAM, Sink
@@ -372,3 +374,51 @@ def test_fuzz_inputs_are_reproducible() -> None:
     """The seeds above are hypothesis's; a plain random check keeps the helpers honest."""
     rnd = random.Random(8)
     _feed_all(STREAM, [rnd.randrange(len(STREAM)) for _ in range(5)])
+
+
+# ================================================================ what is accepted is sendable
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _strings(getattr(value, f.name))
+
+
+@_settings(EXAMPLES)
+@given(st.dictionaries(st.sampled_from(SUB_KEYS), json_values, max_size=10))
+def test_an_accepted_subscription_can_be_declared(desc: dict[str, Any]) -> None:
+    """Every string of an accepted description encodes as UTF-8: nothing fails later, at
+    each connect, in the AMQP layer (issue 8: lone surrogates)."""
+    try:
+        sub = parse_subscription(desc)
+    except KazooError:
+        return
+    for text in _strings(sub):
+        text.encode("utf-8")
+
+
+_PREPARE_RIG = Rig("a")  # never started: prepare() validates and injects without I/O
+
+
+@_settings(EXAMPLES)
+@given(nasty_text, nasty_text, st.one_of(st.none(), nasty_text))
+def test_an_accepted_publish_can_be_encoded(exchange: str, routing_key: str, headers: Any) -> None:
+    """Publisher.prepare either refuses with a typed error or gives names the codec can send."""
+    from kazoo_amqp.amqp.codec import encode_headers, publish_method_frame
+
+    try:
+        m = _PREPARE_RIG.manager.publisher.prepare(exchange, routing_key, {"A": 1}, headers)
+    except KazooError:
+        return
+    publish_method_frame(1, m.exchange, m.routing_key, False)
+    encode_headers(m.headers)
