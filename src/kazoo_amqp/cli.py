@@ -116,6 +116,16 @@ def _run_loop(main: Any, choice: str) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from kazoo_amqp.core.config import describe
 
+    if args.describe or args.example:
+        from kazoo_amqp.core.config_keys import describe_table, render_example
+
+        if args.example:
+            print(render_example(), end="")
+            return EXIT_OK
+        print("\t".join(("name", "type", "default", "range", "meaning", "ignored-why")))
+        for row in describe_table():
+            print("\t".join(row))
+        return EXIT_OK
     settings = _load(args.config)
     for key, value in describe(settings):
         print(f"{key} = {value}")
@@ -161,7 +171,7 @@ async def _direct_manager(settings: Any, action: Callable[[Any], Any]) -> Any:
     manager = Manager(settings, subscriptions=[], dispatcher=None, on_event=lambda *a: None)
     await manager.start()
     try:
-        timeout = max(settings.amqp_connect_timeout, 1.0) + 4.0
+        timeout = settings.amqp_connect_timeout + 4.0
         if not await manager.wait_connected(timeout, give_up_when_all_failed=True):
             raise NotConnected(f"no broker reachable: {manager.describe_links()}")
         return await action(manager)
@@ -400,7 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop: uvloop (libuv) when installed (auto, the default), or the "
         "standard asyncio loop",
     )
-    add("check-config", cmd_check_config, "validate the config and routes without connecting")
+    p = add("check-config", cmd_check_config, "validate the config and routes without connecting")
+    p.add_argument(
+        "--describe",
+        action="store_true",
+        help="print every config key (name, type, default, range, meaning, ignored-why) and exit",
+    )
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="print the example config generated from the key table (examples/kazoo-amqp.toml)",
+    )
     for name, func, help_ in (
         ("publish", cmd_publish, "publish a JSON message"),
         ("query", cmd_query, "publish and wait for the correlated reply"),

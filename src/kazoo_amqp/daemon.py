@@ -104,25 +104,33 @@ def run_mod_init(settings: Settings) -> list[Subscription]:
                 settings.routes,
             )
         handler = router.get(MOD_INIT)
+    route = settings.event_callback or MOD_INIT
+    try:
+        subscriptions = mod_init(handler, settings)
+    except KazooError as exc:
+        raise ConfigError(
+            f"{route} in {settings.routes!r} failed: {type(exc).__name__}: {exc}",
+            key="routes",
+        ) from None
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(
+            f"{route} in {settings.routes!r} raised {type(exc).__name__}: {exc}{_where(exc)}",
+            key="routes",
+        ) from None
+    log.info("kazoo:mod-init declared %d subscriptions", len(subscriptions))
+    return subscriptions
+
+
+def mod_init(handler: Any, settings: Settings) -> list[Subscription]:
+    """Run one ``kazoo:mod-init`` handler (or the event callback) once; return subscriptions.
+
+    Also used by ``kazoo_amqp.testing``, so a test bus declares what the daemon declares.
+    """
     services = ModInitServices(settings)
     if handler is not None:
-        route = settings.event_callback or MOD_INIT
-        try:
-            result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
-            if inspect.isawaitable(result):
-                asyncio.run(_await(result))
-        except KazooError as exc:
-            raise ConfigError(
-                f"{route} in {settings.routes!r} failed: {type(exc).__name__}: {exc}",
-                key="routes",
-            ) from None
-        except (Exception, SystemExit) as exc:
-            where = _where(exc)
-            raise ConfigError(
-                f"{route} in {settings.routes!r} raised {type(exc).__name__}: {exc}{where}",
-                key="routes",
-            ) from None
-    log.info("kazoo:mod-init declared %d subscriptions", len(services.subscriptions))
+        result = handler(Kz(services, event_name=MOD_INIT))  # type: ignore[arg-type]
+        if inspect.isawaitable(result):
+            asyncio.run(_await(result))
     return services.subscriptions
 
 

@@ -35,6 +35,9 @@ class SocketServices:
         self.settings = settings
         self.escape_char = settings.json_escape_char
         self.encode_high_bytes = settings.encode_high_bytes
+        # the fields a reply's Event-Category / Event-Name defaults go to (Kz.reply)
+        self.event_key = settings.amqp_consumer_event_key
+        self.event_subkey = settings.amqp_consumer_event_subkey
         self._version = version
         self._client: Any = None
         self._aclient: Any = None

@@ -37,47 +37,15 @@ import pika.exceptions
 from kamailio.harness import LOCALHOST, KamailioPresence, Watcher, free_media_port, free_udp_ports
 
 from tests.conftest import find_shared_dir
-from tests.integration.daemon_harness import DaemonProcess, pika_connection, unique
-
-DIALOG_ROUTE = "kazoo:consumer-event-presence-dialog-update"
-PRESENCE_ROUTE = "kazoo:consumer-event-presence-update"
-MWI_ROUTE = "kazoo:consumer-event-presence-mwi-update"
-
-PRESENCE_ROUTES = """
-@router.route("kazoo:mod-init")
-def init(kz):
-    kz.subscribe({{
-        "exchange": {exchange!r}, "type": "topic", "queue": {queue!r},
-        "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
-        "durable": False, "auto_delete": True,
-        "no_ack": 0, "wait_for_consumer_ack": 1,
-        "consistent-worker": 1, "consistent-worker-key": "Call-ID",
-    }})
-
-
-def _publish(kz, call):
-    try:
-        result = call()
-    except Exception as exc:
-        record(kz, error=type(exc).__name__, message=str(exc))
-        raise
-    record(kz, result=result)
-
-
-@router.route("kazoo:consumer-event-presence-dialog-update")
-def dialog_update(kz):
-    _publish(kz, kz.pua_publish_dialoginfo)
-
-
-@router.route("kazoo:consumer-event-presence-update")
-def presence_update(kz):
-    _publish(kz, kz.pua_publish_presence)
-
-
-@router.route("kazoo:consumer-event-presence-mwi-update")
-def mwi_update(kz):
-    _publish(kz, kz.pua_publish_mwi)
-"""
+from tests.integration.daemon_harness import (  # noqa: F401 - route names re-exported
+    DIALOG_ROUTE,
+    MWI_ROUTE,
+    PRESENCE_ROUTE,
+    DaemonProcess,
+    pika_connection,
+    presence_routes,
+    unique,
+)
 
 
 class PresenceDaemon:
@@ -175,9 +143,7 @@ def presence_daemon(
         "log_level": "info",
         **(config or {}),
     }
-    daemon = DaemonProcess(
-        run_dir, PRESENCE_ROUTES.format(exchange=exchange, queue=queue), config=cfg, workers=workers
-    )
+    daemon = DaemonProcess(run_dir, presence_routes(exchange, queue), config=cfg, workers=workers)
     daemon.start()
     try:
         wait_consumer(queue)

@@ -39,6 +39,61 @@ def record(kz, **extra):
 """
 
 
+DIALOG_ROUTE = "kazoo:consumer-event-presence-dialog-update"
+PRESENCE_ROUTE = "kazoo:consumer-event-presence-update"
+MWI_ROUTE = "kazoo:consumer-event-presence-mwi-update"
+
+#: The presence routes of examples/routes.py for tests (unique exchange and queue; every handler
+#: records what ``kz.pua_publish_*`` returned or raised). ``presence_call`` is the presence-update
+#: call: ``pua_publish_presence`` (as the example) or ``pua_publish`` (generic dispatch).
+_PRESENCE_ROUTES = """
+@router.route("kazoo:mod-init")
+def init(kz):
+    kz.subscribe({{
+        "exchange": {exchange!r}, "type": "topic", "queue": {queue!r},
+        "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"],
+        "durable": False, "auto_delete": True,
+        "no_ack": 0, "wait_for_consumer_ack": 1,
+        "consistent-worker": 1, "consistent-worker-key": "Call-ID",
+    }})
+
+
+def _do(kz, call):
+    try:
+        result = call()
+    except Exception as exc:
+        record(kz, error=type(exc).__name__, message=str(exc))
+        raise
+    record(kz, result=result)
+
+
+@router.route("kazoo:consumer-event-presence-dialog-update")
+def dialog_update(kz):
+    _do(kz, kz.pua_publish_dialoginfo)
+
+
+@router.route("kazoo:consumer-event-presence-update")
+def presence_update(kz):
+    _do(kz, kz.{presence_call})
+
+
+@router.route("kazoo:consumer-event-presence-mwi-update")
+def mwi_update(kz):
+    _do(kz, kz.pua_publish_mwi)
+"""
+
+
+def presence_routes(exchange: str, queue: str, presence_call: str = "pua_publish_presence") -> str:
+    """The presence routes text (see ``_PRESENCE_ROUTES``), for ``DaemonProcess``."""
+    return _PRESENCE_ROUTES.format(exchange=exchange, queue=queue, presence_call=presence_call)
+
+
+def routes_file(path: Path, routes: str) -> Path:
+    """Write ``routes`` with the harness prelude (``router``, ``record``) to ``path``."""
+    path.write_text(ROUTES_PRELUDE + textwrap.dedent(routes))
+    return path
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -58,7 +113,7 @@ class DaemonProcess:
         self.dir = tmp
         self.node = node or unique("test") + ".example.net"
         self.routes_path = tmp / "routes.py"
-        self.routes_path.write_text(ROUTES_PRELUDE + textwrap.dedent(routes))
+        routes_file(self.routes_path, routes)
         self.events_path = tmp / "events.jsonl"
         self.socket = str(tmp / "kz.sock")
         cfg: dict[str, Any] = {

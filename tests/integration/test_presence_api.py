@@ -33,14 +33,20 @@ import pika.exceptions
 import pytest
 
 from kazoo_amqp import AsyncClient, BadPayload, MissingField, UsageError
-from tests.integration.daemon_harness import REPO, DaemonProcess, pika_connection, unique
+from tests.integration.daemon_harness import (
+    DIALOG_ROUTE,
+    REPO,
+    DaemonProcess,
+    pika_connection,
+    presence_routes,
+    unique,
+)
 
 pytestmark = pytest.mark.timeout(120)
 broker = pytest.mark.broker
 
 USER, REALM = "1000", "example.net"
 URI = f"sip:{USER}@{REALM}"
-DIALOG_ROUTE = "kazoo:consumer-event-presence-dialog-update"
 
 
 def dialog(state: str = "confirmed", call_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -392,42 +398,6 @@ def _rows(kind: str, db_url: str) -> list[dict[str, Any]]:
     return out
 
 
-ROUTES = """
-@router.route("kazoo:mod-init")
-def init(kz):
-    kz.subscribe({{
-        "exchange": {exchange!r}, "type": "topic", "queue": {queue!r},
-        "routing": ["dialog.*.*", "update.*.*", "mwi_updates.*.*"], "auto_delete": True,
-        "no_ack": 0, "wait_for_consumer_ack": 1,
-        "consistent-worker": 1, "consistent-worker-key": "Call-ID",
-    }})
-
-
-def _do(kz, call):
-    try:
-        result = call()
-    except Exception as exc:
-        record(kz, error=type(exc).__name__, message=str(exc))
-        raise
-    record(kz, result=result)
-
-
-@router.route("kazoo:consumer-event-presence-dialog-update")
-def dialog_update(kz):
-    _do(kz, kz.pua_publish_dialoginfo)
-
-
-@router.route("kazoo:consumer-event-presence-update")
-def presence_update(kz):
-    _do(kz, kz.pua_publish)  # kazoo_pua_publish: needs Event-Package
-
-
-@router.route("kazoo:consumer-event-presence-mwi-update")
-def mwi_update(kz):
-    _do(kz, kz.pua_publish_mwi)
-"""
-
-
 def _wait_consumer(queue: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     conn = pika_connection()
@@ -473,7 +443,7 @@ def test_route_pua_publish_writes_the_row(
         (tmp_path / "d").mkdir()
         d = DaemonProcess(
             tmp_path / "d",
-            ROUTES.format(exchange=exchange, queue=queue),
+            presence_routes(exchange, queue, "pua_publish"),  # kazoo_pua_publish dispatch
             config={"db_url": db_url},
             workers=2,
         )

@@ -49,8 +49,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("amqp_consumer_event_subkey", "Event-Name"),
     ("amqp_query_timeout", 2.0),
     ("amqp_query_timeout_avp", None),
-    ("amqp_connect_timeout", 0.2),
-    ("amqp_heartbeats", 0),
+    ("amqp_connect_timeout", 1.0),
+    ("amqp_heartbeats", 30),
     ("amqps_ca_cert", None),
     ("amqps_cert", None),
     ("amqps_key", None),
@@ -208,7 +208,11 @@ def test_example_config_file_parses() -> None:
     assert result.routes == f"{examples}/routes.py"
     assert result.socket == f"{examples}/kazoo-amqp.sock"
     assert result.db_url == f"sqlite://{examples}/kazoo-amqp.db"
-    assert result.notes == ()
+    # the C defaults it shows are not used as given (config_keys.EFFECTIVE): one note each
+    assert [n.split(":")[0] for n in result.notes] == [
+        "amqp_heartbeats = 0",
+        "amqp_connect_timeout = 0.2",
+    ]
 
 
 def test_example_config_file_shows_the_defaults() -> None:
@@ -746,7 +750,7 @@ def test_describe_lists_every_setting_with_passwords_redacted() -> None:
     assert "hunter2" not in text and "dbsecret" not in text
     assert ("amqp_consumer_processes", "3") in rows
     assert ("amqp_query_timeout", "2 s") in rows
-    assert ("amqp_connect_timeout", "0.2 s") in rows
+    assert ("amqp_connect_timeout", "1 s") in rows  # the effective value (config_keys)
     assert ("amqp_query_timeout_avp", "(not set)") in rows
     assert ("node_hostname", '"sip1.example.com"') in rows
     assert ("db_url", '"postgres://k:***@db/kamailio"') in rows

@@ -188,8 +188,9 @@ class LinkSupervisor:
             vhost=spec.vhost,
             ssl=self._ssl_context() if spec.tls else None,
             server_hostname=spec.host if spec.tls else None,
-            heartbeat=s.amqp_heartbeats if s.amqp_heartbeats > 0 else 30,
-            connect_timeout=max(s.amqp_connect_timeout, 1.0),
+            # effective values: the key table (core/config_keys.py) says what 0 / 0.2 s mean
+            heartbeat=s.amqp_heartbeats,
+            connect_timeout=s.amqp_connect_timeout,
             frame_max=131072,
             channel_max=self._channel_max,
             name=f"kazoo-amqp {self.node} {name}",

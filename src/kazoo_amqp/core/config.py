@@ -5,7 +5,10 @@ The keys are the module's parameter names (``modparam("kazoo", "NAME", VALUE)`` 
 ``publish_buffer_size``, …). :func:`settings_from_mapping` turns the parsed TOML table into one
 frozen :class:`Settings`; it is pure. :func:`load_config` is the one function that reads a file.
 
-Rules (the deliberate differences from C are listed in ``docs/compat-config.md``):
+Every key's type, default, range, meaning and ignored-why live in ONE table,
+``core/config_keys.py`` (how to add a key is described there); this module parses with it.
+
+Rules (the deliberate differences from C are listed in ``docs/compat.md``):
 
 * An unknown key is an error, with a "did you mean" suggestion.
 * Every error names the key, the value and the fix::
@@ -45,10 +48,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
+from kazoo_amqp.core.config_keys import EFFECTIVE, KEY, KEYS, ignored_reason, known_keys
 from kazoo_amqp.errors import ConfigError
 
 __all__ = [
@@ -69,7 +73,6 @@ LateReplies = Literal["drop", "route"]
 #: The broker used when the config has no ``amqp_connection``.
 DEFAULT_CONNECTION = "amqp://guest:guest@127.0.0.1:5672"
 _MAX_WORKERS = 1024
-_MAX_SHORT = 65535
 _MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the NUL
 #: Upper bound of every duration key (24 h): a longer one is a typo, and some event loops
 #: overflow on timers of 1e30 s (issue 8: every caller-supplied duration is bounded).
@@ -77,7 +80,6 @@ _MAX_DURATION_MS = 86_400_000
 #: ``amqp_query_timeout`` may not exceed a query's own largest ``timeout_ms`` (10 minutes).
 _MAX_QUERY_TIMEOUT_S = 600.0
 _SHOWN_MAX = 100  # longest value quoted in an error message
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DB_SCHEMES = ("sqlite", "postgres", "postgresql", "mysql")
 
 
@@ -104,8 +106,8 @@ class Settings:
     amqp_consumer_event_subkey: str = "Event-Name"
     amqp_query_timeout: float = 2.0
     amqp_query_timeout_avp: str | None = None  # accepted; not applicable (no pseudo-variables)
-    amqp_connect_timeout: float = 0.2
-    amqp_heartbeats: int = 0
+    amqp_connect_timeout: float = 1.0  # effective value (config_keys.EFFECTIVE)
+    amqp_heartbeats: int = 30  # effective value (config_keys.EFFECTIVE)
     amqps_ca_cert: str | None = None
     amqps_cert: str | None = None
     amqps_key: str | None = None
@@ -155,52 +157,9 @@ class Settings:
     notes: tuple[str, ...] = ()
 
 
-# Timer pairs: Settings field -> (default seconds, 0 allowed).
+# Timer pairs: Settings field -> (default seconds, 0 allowed), from the key table.
 _TIMERS: dict[str, tuple[float, bool]] = {
-    "amqp_query_timeout": (2.0, False),
-    "amqp_connect_timeout": (0.2, False),
-    "amqp_waitframe_timeout": (0.1, True),
-    "amqp_consumer_ack_timeout": (0.1, True),
-    "amqp_interprocess_timeout": (0.1, True),
-}
-
-# Accepted keys that have no effect here, and why (one note each when the file sets them).
-_IGNORED: dict[str, str] = {
-    "amqp_query_timeout_avp": (
-        "there are no pseudo-variables to read a timeout from; pass timeout_ms to kz.query instead"
-    ),
-    "amqp_waitframe_timeout": "our AMQP client reads frames as they arrive; nothing waits on one",
-    "amqp_command_hashtable_size": "pending queries are kept in a dict keyed by Msg-ID",
-    "amqp_timer_process_interval": (
-        "query deadlines are timers in the manager; there is no timer process "
-        "(C never starts one either)"
-    ),
-    "amqp_consumer_ack_timeout": (
-        "legacy (Kamailio <= 4.3) ack sub-loop; acks go out as soon as a delivery's outcome "
-        "is known"
-    ),
-    "amqp_interprocess_timeout": (
-        "legacy (Kamailio <= 4.3) command sub-loop; socket requests are served as they arrive"
-    ),
-    "amqp_internal_loop_count": (
-        "legacy (Kamailio <= 4.3) command sub-loop; socket requests are served as they arrive"
-    ),
-    "amqp_consumer_loop_count": (
-        "legacy (Kamailio <= 4.3) consume sub-loop; the flow of deliveries is bounded by prefetch"
-    ),
-    "amqp_consumer_ack_loop_count": (
-        "legacy (Kamailio <= 4.3) ack sub-loop; acks go out as outcomes arrive"
-    ),
-    "consume_messages_on_reconnect": (
-        "legacy (Kamailio <= 4.3); after a reconnect deliveries resume at once, bounded by prefetch"
-    ),
-    "single_consumer_on_reconnect": (
-        "legacy (Kamailio <= 4.3); to keep per-key order use consistent-worker in a subscription"
-    ),
-    "use_federated_exchange": "never read by the C module either; use federate in a subscription",
-    "federated_exchange": "never read by the C module either; use federate in a subscription",
-    "presence_use_full_entity": "never read by the C module either",
-    "amqp_result_avp": "there are no pseudo-variables; kz.query returns the reply",
+    k.name: (float(k.default), k.zero_ok) for k in KEYS if k.kind == "seconds"
 }
 
 
@@ -208,72 +167,8 @@ def _timer_keys(name: str) -> tuple[str, str, str]:
     return name, f"{name}_sec", f"{name}_micro"
 
 
-#: Every key a config file may contain.
-KNOWN_KEYS: frozenset[str] = frozenset(
-    {
-        # §2.1
-        "node_hostname",
-        "amqp_connection",
-        "amqp_primary_zone",
-        "amqp_max_channels",
-        "amqp_consumer_processes",
-        "amqp_consumer_workers",
-        "amqp_consumer_event_key",
-        "amqp_consumer_event_subkey",
-        "amqp_query_timeout_avp",
-        "amqp_heartbeats",
-        "amqps_ca_cert",
-        "amqps_cert",
-        "amqps_key",
-        "amqps_verify_peer",
-        "amqps_verify_hostname",
-        "amqp_command_hashtable_size",
-        "json_escape_char",
-        "app_name",
-        "event_callback",
-        "pua_mode",
-        "db_url",
-        "presentity_table",
-        "pua_include_entity",
-        "pua_lock_type",
-        # §2.2
-        "amqp_timer_process_interval",
-        "amqp_timmer_process_interval",
-        "amqp_internal_loop_count",
-        "amqp_consumer_loop_count",
-        "amqp_consumer_ack_loop_count",
-        "consume_messages_on_reconnect",
-        "single_consumer_on_reconnect",
-        "use_federated_exchange",
-        "federated_exchange",
-        "presence_use_full_entity",
-        "amqp_result_avp",
-        # ours
-        "routes",
-        "socket",
-        "socket_mode",
-        "socket_group",
-        "socket_pending_bytes",
-        "app_version",
-        "publish_buffer_size",
-        "publish_buffer_timeout_ms",
-        "publish_confirm_timeout_ms",
-        "publish_persistent",
-        "prefetch",
-        "handler_timeout_ms",
-        "max_message_bytes",
-        "max_redeliveries",
-        "reconnect_min_ms",
-        "reconnect_max_ms",
-        "encode_high_bytes",
-        "late_replies",
-        "kamailio_rpc",
-        "log_level",
-        # MERGE: the bridge helper owns the [kamailio] table; this branch only accepts it.
-        "kamailio",
-    }
-    | {key for name in _TIMERS for key in _timer_keys(name)}
-)
+#: Every key a config file may contain (the table's names, aliases and timer halves).
+KNOWN_KEYS: frozenset[str] = known_keys()
 
 
 def load_config(path: str, *, default_app_version: str) -> Settings:
@@ -326,29 +221,21 @@ def settings_from_mapping(
     _check_kamailio_table(data.get("kamailio"))
     r = _Reader(data)
     notes: list[str] = []
+    # Every key of a simple kind is read from the table alone (type, default, range, meaning).
+    values: dict[str, Any] = {k.name: r.key(k.name) for k in KEYS if k.kind != "special"}
+    for name, effective in EFFECTIVE.items():
+        given = values[name]
+        values[name] = effective(given)
+        if values[name] != given and any(r.given(s) for s in KEY[name].spellings):
+            notes.append(f"{name} = {given:g}: {KEY[name].effective}")
 
-    node_hostname = r.string(
-        "node_hostname",
-        None,
-        meaning="this node's host name, used in Node and the reply-queue names",
-        nonempty=True,
-        example='"sip1.example.net"',
-    )
-    primary_zone = r.string(
-        "amqp_primary_zone", "local", meaning="name of the primary zone", nonempty=True
-    )
+    primary_zone = values["amqp_primary_zone"]
     if ";" in primary_zone:
         raise r.error("amqp_primary_zone", "must not contain ';'", '"local"')
     brokers = _brokers(data, primary_zone, notes)
     workers = _workers(r)
 
-    timers = {
-        name: r.timer(name, default, zero_ok=zero_ok)
-        for name, (default, zero_ok) in _TIMERS.items()
-    }
-
-    amqps_cert = r.optional_string("amqps_cert", meaning="client certificate file (PEM)")
-    amqps_key = r.optional_string("amqps_key", meaning="client private key file (PEM)")
+    amqps_cert, amqps_key = values["amqps_cert"], values["amqps_key"]
     if (amqps_cert is None) != (amqps_key is None):
         given, missing = ("amqps_cert", "amqps_key") if amqps_cert else ("amqps_key", "amqps_cert")
         raise r.error(
@@ -357,234 +244,54 @@ def settings_from_mapping(
             "(the C module silently ignores one without the other)",
             f'"/etc/kazoo-amqp/client.pem" and {missing} = "…"',
         )
-    verify_peer = r.flag("amqps_verify_peer", True, meaning="verify the broker's certificate")
-    verify_hostname = r.flag(
-        "amqps_verify_hostname", True, meaning="check the broker's host name in its certificate"
-    )
-    if verify_hostname and not verify_peer:
+    if values["amqps_verify_hostname"] and not values["amqps_verify_peer"]:
         notes.append(
             "amqps_verify_hostname has no effect while amqps_verify_peer = 0: "
             "an unverified certificate's host name is not checked"
         )
 
-    escape = r.string("json_escape_char", "%", meaning="escape for '.' inside JSON path segments")
+    escape = r.string(
+        "json_escape_char", KEY["json_escape_char"].default, meaning=_what("json_escape_char")
+    )
     if len(escape) > 1:
         notes.append(
             f"json_escape_char = {_show(escape)}: only the first character {escape[0]!r} is used"
         )
 
-    event_callback = r.optional_string(
-        "event_callback", meaning="function of the routes module called for every event"
-    )
+    event_callback = r.optional_string("event_callback", meaning=_what("event_callback"))
     if event_callback is not None and not event_callback.isidentifier():
         raise r.error("event_callback", "must be a Python function name", '"ksr_kazoo_event"')
 
-    timer_interval = _timer_process_interval(r)
-
-    reconnect_min = r.integer(
-        "reconnect_min_ms",
-        100,
-        minimum=1,
-        maximum=_MAX_DURATION_MS,
-        meaning="first reconnect delay in milliseconds",
-    )
-    reconnect_max = r.integer(
-        "reconnect_max_ms",
-        10000,
-        minimum=1,
-        maximum=_MAX_DURATION_MS,
-        meaning="longest reconnect delay in milliseconds",
-    )
-    if reconnect_max < reconnect_min:
+    if values["reconnect_max_ms"] < values["reconnect_min_ms"]:
         raise r.error(
             "reconnect_max_ms",
-            f"must not be less than reconnect_min_ms ({reconnect_min})",
-            str(max(reconnect_min, 10000)),
+            f"must not be less than reconnect_min_ms ({values['reconnect_min_ms']})",
+            str(max(values["reconnect_min_ms"], 10000)),
         )
 
     ignored = [
-        f"{key} is accepted and ignored: {_IGNORED[_ignored_name(key)]}"
+        f"{key} is accepted and ignored: {reason}"
         for key in data
-        if _ignored_name(key) in _IGNORED
+        if (reason := ignored_reason(key)) is not None
     ]
     return Settings(
-        node_hostname=node_hostname,
         brokers=brokers,
         socket=_socket(r, base_dir),
-        db_url=_db_url(r, base_dir),
-        app_version=r.string(
-            "app_version", default_app_version, meaning="value of App-Version", nonempty=True
-        ),
-        amqp_primary_zone=primary_zone,
-        amqp_max_channels=r.integer(
-            "amqp_max_channels",
-            50,
-            minimum=1,
-            maximum=_MAX_SHORT,
-            meaning="channels, and reply queues, per broker",
-        ),
-        workers=workers,
-        amqp_consumer_event_key=r.string(
-            "amqp_consumer_event_key",
-            "Event-Category",
-            meaning="JSON field naming the event category",
-            nonempty=True,
-        ),
-        amqp_consumer_event_subkey=r.string(
-            "amqp_consumer_event_subkey",
-            "Event-Name",
-            meaning="JSON field naming the event name",
-            nonempty=True,
-        ),
-        amqp_query_timeout=timers["amqp_query_timeout"],
-        amqp_query_timeout_avp=r.optional_string(
-            "amqp_query_timeout_avp", meaning="accepted for compatibility"
-        ),
-        amqp_connect_timeout=timers["amqp_connect_timeout"],
-        amqp_heartbeats=r.integer(
-            "amqp_heartbeats",
-            0,
-            minimum=0,
-            maximum=_MAX_SHORT,
-            meaning="AMQP heartbeat interval in seconds, 0 = off",
-        ),
-        amqps_ca_cert=r.optional_string("amqps_ca_cert", meaning="CA bundle file (PEM)"),
-        amqps_cert=amqps_cert,
-        amqps_key=amqps_key,
-        amqps_verify_peer=verify_peer,
-        amqps_verify_hostname=verify_hostname,
-        amqp_waitframe_timeout=timers["amqp_waitframe_timeout"],
-        amqp_command_hashtable_size=r.integer(
-            "amqp_command_hashtable_size", 2048, minimum=1, meaning="accepted for compatibility"
-        ),
-        json_escape_char=escape[:1],
-        app_name=r.string("app_name", "kamailio", meaning="value of App-Name"),
-        event_callback=event_callback,
-        pua_mode=r.flag("pua_mode", True, meaning="1 enables kz.pua_publish"),
-        presentity_table=_presentity_table(r),
-        pua_include_entity=r.flag(
-            "pua_include_entity", True, meaning="add <target uri=…/> to dialog bodies"
-        ),
-        pua_lock_type=r.integer(
-            "pua_lock_type",
-            1,
-            minimum=0,
-            maximum=2,
-            meaning="table lock for presentity writes: 0 none, 1 write, 2 full",
-        ),
-        amqp_timer_process_interval=timer_interval,
-        amqp_consumer_ack_timeout=timers["amqp_consumer_ack_timeout"],
-        amqp_interprocess_timeout=timers["amqp_interprocess_timeout"],
-        amqp_internal_loop_count=r.integer(
-            "amqp_internal_loop_count", 5, minimum=1, meaning="accepted for compatibility"
-        ),
-        amqp_consumer_loop_count=r.integer(
-            "amqp_consumer_loop_count", 10, minimum=1, meaning="accepted for compatibility"
-        ),
-        amqp_consumer_ack_loop_count=r.integer(
-            "amqp_consumer_ack_loop_count", 20, minimum=1, meaning="accepted for compatibility"
-        ),
-        consume_messages_on_reconnect=r.flag(
-            "consume_messages_on_reconnect", True, meaning="accepted for compatibility"
-        ),
-        single_consumer_on_reconnect=r.flag(
-            "single_consumer_on_reconnect", True, meaning="accepted for compatibility"
-        ),
-        use_federated_exchange=r.flag(
-            "use_federated_exchange", False, meaning="accepted for compatibility"
-        ),
-        federated_exchange=r.string(
-            "federated_exchange", "federation", meaning="accepted for compatibility"
-        ),
-        presence_use_full_entity=r.flag(
-            "presence_use_full_entity", False, meaning="accepted for compatibility"
-        ),
-        amqp_result_avp=r.string(
-            "amqp_result_avp", "$avp(amqp_result)", meaning="accepted for compatibility"
-        ),
-        routes=_routes(r, base_dir),
-        publish_buffer_size=r.integer(
-            "publish_buffer_size",
-            10000,
-            minimum=0,
-            meaning="messages kept while no broker is reachable, 0 = no buffer",
-        ),
-        publish_buffer_timeout_ms=r.integer(
-            "publish_buffer_timeout_ms",
-            10000,
-            minimum=1,
-            maximum=_MAX_DURATION_MS,
-            meaning="how long a buffered message may wait for a broker, in milliseconds",
-        ),
-        publish_confirm_timeout_ms=r.integer(
-            "publish_confirm_timeout_ms",
-            5000,
-            minimum=1,
-            maximum=_MAX_DURATION_MS,
-            meaning="how long to wait for the broker's publish confirm, in milliseconds",
-        ),
-        publish_persistent=r.flag(
-            "publish_persistent",
-            False,
-            meaning="publish with delivery_mode 2 (persistent) unless a publish says otherwise",
-        ),
-        prefetch=r.integer(
-            "prefetch",
-            256,
-            minimum=1,
-            maximum=_MAX_SHORT,
-            meaning="unacknowledged deliveries per consumer",
-        ),
-        handler_timeout_ms=r.integer(
-            "handler_timeout_ms",
-            30000,
-            minimum=1,
-            maximum=_MAX_DURATION_MS,
-            meaning="longest run of one event route, in milliseconds",
-        ),
-        max_message_bytes=r.integer(
-            "max_message_bytes",
-            16 * 1024 * 1024,
-            minimum=1,
-            meaning="largest message body accepted, in bytes",
-        ),
-        max_redeliveries=r.integer(
-            "max_redeliveries",
-            2,
-            minimum=0,
-            meaning="times a delivery is retried after its worker died",
-        ),
-        reconnect_min_ms=reconnect_min,
-        reconnect_max_ms=reconnect_max,
         socket_mode=_socket_mode(r),
         socket_group=_socket_group(r),
-        socket_pending_bytes=r.integer(
-            "socket_pending_bytes",
-            64 * 1024 * 1024,
-            minimum=1,
-            meaning="bytes of unfinished request frames held over all socket connections",
+        db_url=_db_url(r, base_dir),
+        app_version=r.string(
+            "app_version", default_app_version, meaning=_what("app_version"), nonempty=True
         ),
-        encode_high_bytes=cast(
-            EncodeHighBytes,
-            r.choice(
-                "encode_high_bytes",
-                "utf8",
-                ("utf8", "x86"),
-                meaning="how kz.encode treats bytes >= 0x80",
-            ),
-        ),
-        late_replies=cast(
-            LateReplies,
-            r.choice(
-                "late_replies",
-                "drop",
-                ("drop", "route"),
-                meaning="what happens to a query reply that arrives after its timeout",
-            ),
-        ),
+        workers=workers,
+        json_escape_char=escape[:1],
+        event_callback=event_callback,
+        presentity_table=_presentity_table(r),
+        amqp_timer_process_interval=_timer_process_interval(r),
+        routes=_routes(r, base_dir),
         kamailio_rpc=_kamailio_rpc(r, base_dir),
-        log_level=r.choice("log_level", "info", _LOG_LEVELS, meaning="log level", lower=True),
         notes=tuple(ignored + notes),
+        **values,
     )
 
 
@@ -640,6 +347,31 @@ class _Reader:
             f"config key {key!r} = {_show(self.data.get(key))}: {problem}, e.g. {key} = {example}",
             key=key,
         )
+
+    def key(self, name: str) -> Any:
+        """Read key ``name`` as its row of the key table says (a non-special kind)."""
+        k = KEY[name]
+        meaning = _what(name)
+        if k.kind == "int":
+            high = None if k.maximum is None else int(k.maximum)
+            return self.integer(
+                name, k.default, minimum=int(k.minimum or 0), maximum=high, meaning=meaning
+            )
+        if k.kind == "flag":
+            return self.flag(name, k.default, meaning=meaning)
+        if k.kind == "choice":
+            return self.choice(
+                name, k.default, k.choices, meaning=meaning, lower=name == "log_level"
+            )
+        if k.kind == "seconds":
+            return self.timer(name, float(k.default), zero_ok=k.zero_ok)
+        if k.kind == "str":
+            if k.default is None and not k.nonempty:
+                return self.optional_string(name, meaning=meaning)
+            return self.string(
+                name, k.default, meaning=meaning, nonempty=k.nonempty, example=k.example
+            )
+        raise AssertionError(f"config key {name} has kind {k.kind!r}: parse it by hand")
 
     def integer(
         self,
@@ -793,6 +525,15 @@ class _Reader:
         return seconds
 
 
+def _what(name: str) -> str:
+    """The table's meaning of ``name``, as the parenthesis of an error message."""
+    first = KEY[name].meaning.split(". ")[0].rstrip(".")
+    if first.startswith("Required"):
+        first = KEY[name].meaning.split(". ")[1].rstrip(".")
+    first = first.split(" (")[0].split(": ")[0]
+    return first[:1].lower() + first[1:]
+
+
 def _range(minimum: int, maximum: int | None) -> str:
     if maximum is not None:
         return f"an integer from {minimum} to {maximum}"
@@ -845,16 +586,6 @@ def _reject_unknown(data: Mapping[str, Any]) -> None:
         raise ConfigError("\n".join(problems), key=first)
 
 
-def _ignored_name(key: str) -> str:
-    """Map an input key to its _IGNORED entry (timer halves and the timmer spelling)."""
-    if key == "amqp_timmer_process_interval":
-        return "amqp_timer_process_interval"
-    for suffix in ("_sec", "_micro"):
-        if key.endswith(suffix) and key[: -len(suffix)] in _TIMERS:
-            return key[: -len(suffix)]
-    return key
-
-
 def _brokers(
     data: Mapping[str, Any], primary_zone: str, notes: list[str]
 ) -> tuple[BrokerSpec, ...]:
@@ -894,12 +625,12 @@ def _brokers(
 
 
 def _workers(r: _Reader) -> int:
-    meaning = "number of worker processes running event routes"
-    processes = r.integer(
-        "amqp_consumer_processes", 4, minimum=1, maximum=_MAX_WORKERS, meaning=meaning
-    )
+    k = KEY["amqp_consumer_processes"]
+    meaning = _what(k.name)
+    low, high, default = int(k.minimum or 1), int(k.maximum or _MAX_WORKERS), int(k.default)
+    processes = r.integer(k.name, default, minimum=low, maximum=high, meaning=meaning)
     workers = r.integer(
-        "amqp_consumer_workers", 4, minimum=1, maximum=_MAX_WORKERS, meaning=meaning
+        "amqp_consumer_workers", default, minimum=low, maximum=high, meaning=meaning
     )
     if r.given("amqp_consumer_processes") and r.given("amqp_consumer_workers"):
         if processes != workers:
@@ -916,9 +647,10 @@ def _workers(r: _Reader) -> int:
 
 
 def _timer_process_interval(r: _Reader) -> int:
-    meaning = "accepted for compatibility"
-    new = r.integer("amqp_timer_process_interval", 200, minimum=1, meaning=meaning)
-    old = r.integer("amqp_timmer_process_interval", 200, minimum=1, meaning=meaning)
+    k = KEY["amqp_timer_process_interval"]
+    meaning, default, low = _what(k.name), int(k.default), int(k.minimum or 1)
+    new = r.integer(k.name, default, minimum=low, meaning=meaning)
+    old = r.integer("amqp_timmer_process_interval", default, minimum=low, meaning=meaning)
     both = r.given("amqp_timer_process_interval") and r.given("amqp_timmer_process_interval")
     if both and new != old:
         raise r.error(
@@ -938,7 +670,7 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def _routes(r: _Reader, base_dir: str) -> str | None:
-    value = r.optional_string("routes", meaning="Python file or module holding the event routes")
+    value = r.optional_string("routes", meaning=_what("routes"))
     if value is None:
         return None
     if value.endswith(".py") or "/" in value:
@@ -953,9 +685,7 @@ def _routes(r: _Reader, base_dir: str) -> str | None:
 
 
 def _socket(r: _Reader, base_dir: str) -> str:
-    value = r.string(
-        "socket", "kazoo-amqp.sock", meaning="path of the local API socket", nonempty=True
-    )
+    value = r.string("socket", KEY["socket"].default, meaning=_what("socket"), nonempty=True)
     path = _resolve(base_dir, value)
     if len(path.encode("utf-8", "surrogateescape")) > _MAX_SOCKET_PATH_BYTES:
         raise r.error(
@@ -1011,7 +741,7 @@ def _db_url(r: _Reader, base_dir: str) -> str:
     key = "db_url"
     if not r.given(key):
         return "sqlite://" + _resolve(base_dir, "kazoo-amqp.db")
-    value = r.string(key, None, meaning="database for presentity writes", nonempty=True)
+    value = r.string(key, None, meaning=_what(key), nonempty=True)
     example = '"sqlite:///var/lib/kazoo-amqp/presence.db"'
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in _DB_SCHEMES:
@@ -1049,7 +779,10 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$
 
 def _presentity_table(r: _Reader) -> str:
     value = r.string(
-        "presentity_table", "presentity", meaning="table of presence state", nonempty=True
+        "presentity_table",
+        KEY["presentity_table"].default,
+        meaning=_what("presentity_table"),
+        nonempty=True,
     )
     if not _TABLE_NAME.match(value):
         raise r.error(
@@ -1062,7 +795,7 @@ def _presentity_table(r: _Reader) -> str:
 
 def _kamailio_rpc(r: _Reader, base_dir: str) -> str | None:
     key = "kamailio_rpc"
-    value = r.optional_string(key, meaning="where Kamailio's JSON-RPC listens")
+    value = r.optional_string(key, meaning=_what(key))
     if value is None:
         return None
     forms = "http://HOST:PORT/PATH, udp:HOST:PORT or unix:/PATH"

@@ -87,6 +87,78 @@ def correlation_key(msg_id: Any) -> str:
     return msg_id if isinstance(msg_id, str) else render(msg_id)
 
 
+def reply_to(request: Mapping[str, Any]) -> tuple[str, str]:
+    """The routing key (the request's ``Server-ID``) and ``Msg-ID`` a reply to ``request`` needs.
+
+    ``Server-ID`` is used as it is: after the receive rewrite (§6.6) it is
+    ``consumer://<sid>/<requester's Server-ID>``, which the publisher turns into "publish on
+    broker <sid> with the requester's key", so the reply leaves through the broker the request
+    came from, like a Kamailio script's ``kazoo_publish("targeted", $(kzE{kz.json,Server-ID}),
+    reply)``. Any form of the requester's id works (the C module's
+    ``kamailio@host-<1>-targeted-0``, the 2600hz listener's queue name, a Kazoo app's queue).
+
+    Raises:
+        UsageError: the request has no non-empty ``Server-ID`` or no ``Msg-ID``; it is not a
+            query, so there is nobody to answer.
+    """
+    missing = [name for name in ("Server-ID", "Msg-ID") if request.get(name) in (None, "")]
+    if missing:
+        raise UsageError(
+            f"cannot reply: the message being handled has no {' and no '.join(missing)} "
+            "(only a query carries them: Server-ID says where the answer goes, Msg-ID lets the "
+            "requester match it); publish with kz.publish instead, or reply only from routes "
+            "that handle queries"
+        )
+    server_id = request["Server-ID"]
+    key = server_id if isinstance(server_id, str) else render(server_id)
+    return key, correlation_key(request["Msg-ID"])
+
+
+def reply_name(request_name: str) -> str | None:
+    """Kazoo's response name for a request name: ``authn_req`` -> ``authn_resp``, else None."""
+    if request_name.endswith("_req"):
+        return request_name[: -len("_req")] + "_resp"
+    return None
+
+
+def build_reply(
+    request: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    key: str = "Event-Category",
+    subkey: str = "Event-Name",
+) -> dict[str, Any]:
+    """The reply document for ``request``: ``payload`` plus what a Kazoo responder sets.
+
+    * ``Msg-ID`` is the request's, copied verbatim; a payload carrying a different one is a
+      ``UsageError`` (the requester could never match it).
+    * ``Event-Category`` (``key``) defaults to the request's, ``Event-Name`` (``subkey``) to
+      the Kazoo response name of the request's (``authn_req`` -> ``authn_resp``,
+      ``search_req`` -> ``search_resp``) when it ends in ``_req``; values in ``payload`` win.
+    * ``App-Name``, ``App-Version``, ``Node`` and our ``Server-ID`` are added by the publish
+      path like for any publish.
+    """
+    _, msg_id = reply_to(request)
+    own = payload.get("Msg-ID")
+    if own is not None and correlation_key(own) != msg_id:
+        raise UsageError(
+            f"the reply carries Msg-ID {own!r} but the request's is {msg_id!r}; leave Msg-ID "
+            "out of the reply (it is copied from the request)"
+        )
+    doc: dict[str, Any] = {}
+    category = request.get(key)
+    if key not in payload and category is not None:
+        doc[key] = category
+    name = request.get(subkey)
+    if subkey not in payload and isinstance(name, str):
+        response = reply_name(name)
+        if response is not None:
+            doc[subkey] = response
+    doc.update(payload)
+    doc["Msg-ID"] = request["Msg-ID"]
+    return doc
+
+
 def inject_common_fields(
     doc: MutableMapping[str, Any],
     *,

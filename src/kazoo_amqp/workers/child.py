@@ -9,6 +9,9 @@ Rules of the loop:
 * a delivery is parsed once (``core.jsonc``), augmented (§6.6), routed (§4.3) and handled;
 * a bad body is logged with its identity and reported ``BAD_MESSAGE``, never routed;
 * a handler that raises is logged with the message identity and reported ``HANDLER_ERROR``;
+* a handler that returns a dict answers the query it handled with it (``Kz.reply``, after any
+  ``kz.reply`` calls the handler made); ``None``, ``True``/``False`` and ints (Kamailio-style
+  route return codes) are ignored; any other value is a ``UsageError`` (``HANDLER_ERROR``);
 * outcomes are written at the end of each batch, and at least every 50 ms during a long batch,
   so the manager can tell a slow handler from a hung one;
 * EOF on the pipe (the manager is gone) or a stop frame ends the process;
@@ -25,7 +28,7 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kazoo_amqp.core import jsonc, pipe
@@ -33,7 +36,7 @@ from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.framing import FrameDecoder
 from kazoo_amqp.core.message import augment_received
 from kazoo_amqp.core.route_names import CONSUMER_EVENT, candidates
-from kazoo_amqp.errors import BadPayload, KazooError
+from kazoo_amqp.errors import BadPayload, KazooError, UsageError
 from kazoo_amqp.workers.context import Kz, Services
 from kazoo_amqp.workers.router import Router
 
@@ -96,6 +99,10 @@ class Worker:
         self.default_subkey = settings.amqp_consumer_event_subkey
         self.counters = {o.name.lower(): 0 for o in pipe.Outcome}
         self._loop: Any = None  # an asyncio loop, created for the first async route
+        #: the route that ran for the last delivery or event (None: no route) and what it
+        #: raised (None: nothing); read by ``kazoo_amqp.testing``
+        self.last_route: str | None = None
+        self.last_error: BaseException | None = None
 
     # -- one message ------------------------------------------------------------------
     def handle_delivery(self, d: pipe.DeliveryFrame, now: int) -> int:
@@ -146,6 +153,8 @@ class Worker:
         body: str | None = None,
         route: str | None = None,
     ) -> int:
+        self.last_route = None
+        self.last_error = None
         if self.callback is not None:
             name, handler = route or CONSUMER_EVENT, self.callback
         elif route is not None:
@@ -166,6 +175,7 @@ class Worker:
                 log.debug("worker %d: kazoo:consumer-event not found for %s", self.index, names[0])
                 return self._count(pipe.Outcome.NO_ROUTE)
             name, handler = hit
+        self.last_route = name
         kz = Kz(
             self.services,
             payload=doc,
@@ -178,8 +188,11 @@ class Worker:
         try:
             result = handler(kz)
             if inspect.isawaitable(result):
-                self._event_loop().run_until_complete(result)
+                result = self._event_loop().run_until_complete(result)
+            if result is not None:
+                _returned(kz, name, result)
         except Exception as exc:
+            self.last_error = exc
             self.services.discard(self.services.current_seq)
             level = logging.WARNING if isinstance(exc, KazooError) else logging.ERROR
             log.log(
@@ -211,13 +224,18 @@ class Worker:
         return self._loop
 
     # -- the pipe loop ----------------------------------------------------------------
-    def _send(self, sock: socket.socket, outcomes: list[tuple[int, int]]) -> None:
+    def settle(self, outcomes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Commit the batch's presence writes; deliveries whose write failed become
+        ``HANDLER_ERROR``. Returns the outcomes to report."""
         failed = self.services.flush()
         if failed:
             error = int(pipe.Outcome.HANDLER_ERROR)
             outcomes = [(seq, error if seq in failed else code) for seq, code in outcomes]
+        return outcomes
+
+    def _send(self, sock: socket.socket, outcomes: list[tuple[int, int]]) -> None:
         try:
-            sock.sendall(pipe.encode_outcomes(outcomes))
+            sock.sendall(pipe.encode_outcomes(self.settle(outcomes)))
         except OSError as exc:
             raise _ManagerGone(str(exc)) from None
 
@@ -277,3 +295,14 @@ class Worker:
                     now = int(time.time())
             if outcomes:
                 self._send(sock, outcomes)
+
+
+def _returned(kz: Kz, route: str, result: Any) -> None:
+    """Carry out a handler's return value (see the module docstring)."""
+    if isinstance(result, Mapping):
+        kz.reply(result)
+    elif not isinstance(result, bool | int):
+        raise UsageError(
+            f"route {route} returned a {type(result).__name__}; return a dict to answer the "
+            "query being handled, or nothing"
+        )

@@ -6,6 +6,9 @@
     kz.event_name    the route name that matched (or kazoo:consumer-event / kazoo:mod-init)
     kz.publish(...)  kazoo_publish         kz.query(...)   kazoo_query (dict, or QueryTimeout)
     kz.encode(...)   kazoo_encode          kz.json(...)    {kz.json,PATH}
+    kz.reply(...)    answer the query being handled (to its Server-ID through ``targeted``,
+                     Msg-ID copied); ``await kz.areply(...)`` in ``async def`` routes; a route
+                     may also ``return`` a dict to reply (sent after any kz.reply calls)
     kz.subscribe(...)                      only in kazoo:mod-init
     kz.pua_publish(...)                    kazoo_pua_publish and the per-package variants
 
@@ -20,6 +23,7 @@ from typing import Any, Protocol
 
 from kazoo_amqp.core import encode as _encode
 from kazoo_amqp.core import jsonc, jsonpath
+from kazoo_amqp.core.message import TARGETED_EXCHANGE, build_reply, reply_to
 from kazoo_amqp.core.subscription import (
     Subscription,
     parse_subscription,
@@ -222,6 +226,50 @@ class Kz:
                 description, exchange_type or "", queue or "", routing or ""
             )
         self._services.subscribe(sub)
+
+    # -- answering a query ----------------------------------------------------------------
+    def _reply(self, payload: Payload) -> tuple[str, dict[str, Any]]:
+        doc = payload if isinstance(payload, Mapping) else jsonc.loads_object(payload)
+        key, _ = reply_to(self.payload)
+        services = self._services
+        return key, build_reply(
+            self.payload,
+            doc,
+            key=getattr(services, "event_key", "Event-Category"),
+            subkey=getattr(services, "event_subkey", "Event-Name"),
+        )
+
+    def reply(
+        self, payload: Payload, headers: str | None = None, *, confirm: bool = False
+    ) -> dict[str, Any]:
+        """Answer the query being handled, the way Kazoo answers.
+
+        Published to the ``targeted`` exchange with the request's ``Server-ID`` as routing key
+        (its ``consumer://<sid>/`` form keeps the reply on the broker the request came from),
+        ``Msg-ID`` copied from the request, ``Event-Category`` copied and ``Event-Name``
+        derived (``authn_req`` -> ``authn_resp``) unless ``payload`` sets them, and
+        ``App-Name``/``App-Version``/``Node``/``Server-ID`` injected like any publish. May be
+        called several times (Kazoo's ``search_partial_resp`` ... ``search_resp``). Returns
+        what ``publish`` returns.
+
+        Raises:
+            UsageError: the message has no ``Server-ID`` or ``Msg-ID`` (it is not a query), or
+                ``payload`` carries another ``Msg-ID``; BadPayload: ``payload`` text is not a
+                JSON object.
+        """
+        key, doc = self._reply(payload)
+        return self._services.publish(
+            TARGETED_EXCHANGE, key, doc, headers, **_publish_options(False, confirm, None)
+        )
+
+    async def areply(
+        self, payload: Payload, headers: str | None = None, *, confirm: bool = False
+    ) -> dict[str, Any]:
+        """``reply`` for ``async def`` handlers."""
+        key, doc = self._reply(payload)
+        return await self._services.apublish(
+            TARGETED_EXCHANGE, key, doc, headers, **_publish_options(False, confirm, None)
+        )
 
     # -- presence ------------------------------------------------------------------------------
     def pua_publish(self, payload: Payload | None = None) -> dict[str, Any]:
