@@ -162,7 +162,8 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("reconnect_min_ms", "int", 100, "First delay between reconnect attempts, in "
         "milliseconds.", BROKERS, minimum=1, maximum=86_400_000, c_module=False),
     Key("reconnect_max_ms", "int", 10000, "Longest delay between reconnect attempts, in "
-        "milliseconds (not less than reconnect_min_ms).", BROKERS, minimum=1, maximum=86_400_000, c_module=False),
+        "milliseconds (not less than reconnect_min_ms).", BROKERS, minimum=1,
+        maximum=86_400_000, c_module=False),
     # ---- publishing and queries
     Key("amqp_query_timeout", "seconds", 2.0, "Default reply timeout of kz.query; a call can "
         "pass its own timeout_ms. 0 is refused (kazoo-amqp never waits forever).", PUBLISH),
