@@ -15,8 +15,11 @@
 # message) when the packages cannot be installed here -- the e2e tests then skip.
 set -u
 
+# kazoo-modules: kazoo.so (the C module: its transformations for the bridge, and the C side of the
+# comparison tests); extra/utils/json: xhttp, htable, dispatcher, ... used by the bridge example.
 PKGS=(kamailio kamailio-presence-modules kamailio-sqlite-modules kamailio-postgres-modules
-      kamailio-mysql-modules kamailio-python3-modules sip-tester sqlite3)
+      kamailio-mysql-modules kamailio-python3-modules kamailio-kazoo-modules
+      kamailio-extra-modules kamailio-utils-modules kamailio-json-modules sip-tester sqlite3)
 
 log() { echo "install-kamailio: $*"; }
 
@@ -27,7 +30,9 @@ have_modules() {
     local d
     for d in /usr/lib/x86_64-linux-gnu/kamailio/modules /usr/lib/*/kamailio/modules /usr/lib/kamailio/modules; do
         [ -f "$d/presence.so" ] && [ -f "$d/db_sqlite.so" ] && [ -f "$d/presence_dialoginfo.so" ] \
-            && [ -f "$d/app_python3.so" ] && return 0
+            && [ -f "$d/app_python3.so" ] && [ -f "$d/kazoo.so" ] && [ -f "$d/xhttp.so" ] \
+            && [ -f "$d/evapi.so" ] && [ -f "$d/http_client.so" ] && [ -f "$d/pua_json.so" ] \
+            && return 0
     done
     return 1
 }

@@ -342,13 +342,27 @@ def _write_tree(out_dir: str, files: dict[str, str], links: dict[str, str]) -> N
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _package_dir() -> str:
+    """The folder holding this ``kazoo_amqp`` package (for Kamailio's Python ``sys.path``)."""
+    import kazoo_amqp
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(kazoo_amqp.__file__)))
+
+
 def cmd_kamailio_convert(args: argparse.Namespace) -> int:
-    from kazoo_amqp.core.kamailio import ConversionFailed, convert
+    from kazoo_amqp.core.kamailio.convert import ConversionFailed, convert
 
     main_path = os.path.abspath(args.cfg)
     out_dir = os.path.abspath(args.out_dir)
     try:
-        result = convert(main_path, _read_cfg, out_dir=out_dir)
+        result = convert(
+            main_path,
+            _read_cfg,
+            out_dir=out_dir,
+            bridge=args.bridge,
+            socket_workers=args.socket_workers,
+            package_dir=args.package_dir or _package_dir(),
+        )
     except ConversionFailed as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -471,6 +485,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("cfg", help="the main cfg file (IN.cfg); its includes are followed")
     p.add_argument("--out-dir", required=True, help="folder for the converted files")
+    p.add_argument(
+        "--bridge",
+        metavar="HOST:PORT",
+        help="the bridge's xhttp socket in Kamailio (default 127.0.0.1:5091, or the value of "
+        "an already converted cfg)",
+    )
+    p.add_argument(
+        "--socket-workers",
+        type=int,
+        metavar="N",
+        help="Kamailio processes serving the bridge socket (default 4)",
+    )
+    p.add_argument(
+        "--package-dir",
+        metavar="DIR",
+        help="folder holding the kazoo_amqp package for Kamailio's Python (default: the one "
+        "this command runs from)",
+    )
     p.set_defaults(func=cmd_kamailio_convert)
     return parser
 

@@ -36,9 +36,10 @@ from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.message import connection_event_text, publish_failed_body
 from kazoo_amqp.core.pipe import encode_event, encode_named_event
 from kazoo_amqp.core.route_names import MOD_INIT, PUBLISH_FAILED
-from kazoo_amqp.core.subscription import Subscription
+from kazoo_amqp.core.subscription import Subscription, parse_subscription, subscription_from_args
 from kazoo_amqp.errors import ConfigError, KazooError, UsageError
 from kazoo_amqp.ipc.server import IpcServer
+from kazoo_amqp.kamailio_sink.sink import KamailioSink
 from kazoo_amqp.workers.context import Kz
 from kazoo_amqp.workers.pool import WorkerPool, default_env
 from kazoo_amqp.workers.router import (
@@ -163,7 +164,7 @@ class DaemonBackend:
         self,
         exchange: str,
         routing_key: str,
-        payload: str,
+        payload: str | dict[str, Any],
         headers: str | None,
         timeout_ms: int | None,
         *,
@@ -173,7 +174,9 @@ class DaemonBackend:
             exchange, routing_key, payload, headers, timeout_ms, mandatory=mandatory
         )
 
-    async def pua_publish(self, payload: str, package: str | None) -> dict[str, Any]:
+    async def pua_publish(
+        self, payload: str | dict[str, Any], package: str | None
+    ) -> dict[str, Any]:
         if self._presence is None:
             from kazoo_amqp.presence.service import PresenceService
 
@@ -183,6 +186,45 @@ class DaemonBackend:
             self._executor, self._presence.publish, payload, package
         )
         return result
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | dict[str, Any],
+        headers: str | None,
+        timeout_ms: int | None,
+        resume: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A Kamailio ``kazoo_async_query``: published now and answered ``{"accepted": true}``;
+        the reply (or the timeout, or a returned query) continues the suspended transaction
+        ``resume`` names through the bridge. Bad input raises its typed error at once."""
+        sink = self.daemon.sink
+        if sink is None:
+            raise UsageError(
+                "async_query needs the Kamailio bridge: the config has no [kamailio] table "
+                "(convert the cfg with kazoo-amqp kamailio-convert)"
+            )
+        try:
+            outcome = self.daemon.manager.start_query(
+                exchange, routing_key, payload, headers, timeout_ms, mandatory=True
+            )
+        except Exception as exc:
+            # The caller does not wait for this answer: the transaction goes to its timeout
+            # route now, and the error is logged here.
+            log.warning(
+                "async query to exchange %r routing key %r refused: %s; running %s",
+                exchange,
+                routing_key,
+                exc,
+                resume.get("timeout_route"),
+            )
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_exception(exc)
+            sink.answer_later(outcome, resume)
+            raise
+        sink.answer_later(outcome, resume)
+        return {"accepted": True}
 
     def status(self) -> dict[str, Any]:
         d = self.daemon
@@ -224,16 +266,33 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path
         self.shutdown_grace = shutdown_grace
-        self.subscriptions = run_mod_init(settings)
-        self.pool = WorkerPool(
-            size=settings.workers,
-            config_path=config_path,
-            on_done=self._on_done,
-            on_pressure=self._on_pressure,
-            handler_timeout=settings.handler_timeout_ms / 1000,
-            max_redeliveries=settings.max_redeliveries,
-            env=default_env(),
-        )
+        self.sink: KamailioSink | None = None
+        self.pool: WorkerPool | KamailioSink
+        self._manager_start: asyncio.Task[None] | None = None
+        if settings.kamailio is not None:
+            # Events run inside Kamailio; the subscriptions come from its kazoo:mod-init.
+            self.subscriptions = []
+            self.pool = self.sink = KamailioSink(
+                settings.kamailio,
+                on_done=self._on_done,
+                on_pressure=self._on_pressure,
+                event_key=settings.amqp_consumer_event_key,
+                event_subkey=settings.amqp_consumer_event_subkey,
+                max_redeliveries=settings.max_redeliveries,
+                reconnect_min=settings.reconnect_min_ms / 1000,
+                reconnect_max=settings.reconnect_max_ms / 1000,
+            )
+        else:
+            self.subscriptions = run_mod_init(settings)
+            self.pool = WorkerPool(
+                size=settings.workers,
+                config_path=config_path,
+                on_done=self._on_done,
+                on_pressure=self._on_pressure,
+                handler_timeout=settings.handler_timeout_ms / 1000,
+                max_redeliveries=settings.max_redeliveries,
+                env=default_env(),
+            )
         self.manager = Manager(
             settings,
             subscriptions=self.subscriptions,
@@ -298,6 +357,34 @@ class Daemon:
         frame = encode_event(seq, text.encode())
         self.pool.dispatch(self.pool.pick(None), seq, frame, None)
 
+    def _on_kamailio_subscriptions(self, entries: list[dict[str, Any]]) -> None:
+        """Kamailio answered /kazoo/mod-init: declare what it subscribed (at start, and again
+        when a restarted Kamailio subscribes differently)."""
+        subs: list[Subscription] = []
+        for entry in entries:
+            try:
+                if "args" in entry:
+                    subs.append(subscription_from_args(*entry["args"]))
+                else:
+                    subs.append(parse_subscription(entry.get("json", "")))
+            except (KazooError, TypeError) as exc:
+                log.error("kazoo_subscribe at %s: %s; skipped", entry.get("where", "?"), exc)
+        assert self.sink is not None
+        self.sink.bindings = [(sub.event_key, sub.event_subkey) for sub in subs]
+        if self._manager_start is None:
+            log.info("Kamailio's kazoo:mod-init declared %d subscriptions", len(subs))
+            self.subscriptions[:] = subs
+            self._manager_start = asyncio.get_running_loop().create_task(self.manager.start())
+        elif subs != self.subscriptions:
+            log.warning(
+                "Kamailio's kazoo:mod-init now declares %d subscriptions (was %d); "
+                "reconnecting the consumers",
+                len(subs),
+                len(self.subscriptions),
+            )
+            self.subscriptions[:] = subs
+            self.manager.replace_subscriptions(self.subscriptions)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -307,8 +394,16 @@ class Daemon:
         bindings = [(sub.event_key, sub.event_subkey) for sub in self.subscriptions]
         zones = {spec.server_id: spec.zone for spec in self.settings.brokers}
         await self.ipc.start()
-        await self.pool.start(bindings, zones)
-        await self.manager.start()
+        if self.sink is not None:
+            self.sink.zones = zones
+            await self.sink.start()
+            # The brokers are started when Kamailio answered kazoo:mod-init.
+            self.sink.watch_mod_init(self._on_kamailio_subscriptions)
+            log.info("waiting for Kamailio's bridge at %s", self.sink.bridge.bridge)
+        else:
+            assert isinstance(self.pool, WorkerPool)
+            await self.pool.start(bindings, zones)
+            await self.manager.start()
         _tune_gc()
         log.info(
             "kazoo-amqp %s running: node %s, %d workers, socket %s, brokers: %s",

@@ -1,9 +1,9 @@
 """``kazoo-amqp kamailio-convert`` as a subprocess, and its output checked by real Kamailio.
 
 The fixture (tests/fixtures/kamailio_convert/) is a cfg in the style of kazoo-configs-kamailio
-(registrar, presence and nodes roles) written for the C module. The converted cfg uses the
-generated includes of ``core/kamailio/bridge_cfg.py``; in this branch that is the stub that loads
-only app_python3 and sets kazoo.so's start-up parameters.
+(registrar, presence and nodes roles) written for the C module; examples/kamailio is the shipped
+example (run end to end by tests/e2e/test_kamailio_bridge.py). The converted cfg uses the
+generated includes of ``core/kamailio/bridge_cfg.py``.
 """
 
 from __future__ import annotations
@@ -112,8 +112,14 @@ def test_generated_toml_passes_check_config(tmp_path: Path) -> None:
 GENERATED = ("kazoo-amqp-modules.cfg", "kazoo-amqp-routes.cfg", "kazoo_amqp_kemi.py")
 
 
-def test_converting_the_output_again_changes_nothing(tmp_path: Path) -> None:
-    out = convert_fixture(tmp_path)
+EXAMPLE = REPO / "examples" / "kamailio" / "kamailio.cfg"
+
+
+@pytest.mark.parametrize("source", [FIXTURE / "kamailio.cfg", EXAMPLE], ids=["fixture", "example"])
+def test_converting_the_output_again_changes_nothing(tmp_path: Path, source: Path) -> None:
+    out = tmp_path / "out"
+    done = run_cli("kamailio-convert", str(source), "--out-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = tmp_path / "again"
     for target in (out, again):  # in place, and into another folder

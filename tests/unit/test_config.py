@@ -98,6 +98,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("late_replies", "drop"),
     ("kamailio_rpc", None),
     ("log_level", "info"),
+    ("kamailio", None),
 ]
 
 

@@ -276,6 +276,22 @@ def test_client_typed_errors_keep_class_and_message(
     kz.close()
 
 
+def test_client_publish_nowait_returns_at_once_and_reports_refusals_later(
+    make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
+) -> None:
+    kz = make_client()
+    for n in range(50):
+        kz.publish_nowait("e", "ok", f'{{"N": {n}}}')
+    kz.publish_nowait("e", "bad.sync", "{}")  # the daemon refuses it at acceptance
+    kz.publish_nowait("e", "ok", '{"N": 50}')
+    assert kz.ping() is True  # a waiting call reads past the answers it did not wait for
+    errors = kz.late_errors()
+    assert [type(e) for e in errors] == [BadRoutingKey]
+    assert [p[2] for p in threaded.backend.published][-1] == '{"N": 50}'
+    assert len(threaded.backend.published) == 51
+    assert kz.late_errors() == []
+
+
 def test_client_not_running_daemon(make_client: Callable[..., Client], sock_path: str) -> None:
     kz = make_client(timeout=1)
     with pytest.raises(NotConnected, match=r"is not listening on .*kazoo-amqp run --config FILE"):

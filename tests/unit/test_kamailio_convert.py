@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kazoo_amqp.core.kamailio import Conversion, ConversionFailed, convert
+from kazoo_amqp.core.kamailio.convert import Conversion, ConversionFailed, convert
 
 HEAD = (
     "#!KAMAILIO\n"

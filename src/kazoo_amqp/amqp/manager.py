@@ -71,6 +71,7 @@ class Manager:
         self.supervisor.attachments = [self.publisher, self.replies, self.consumers]
         self.submit = self.publisher.submit
         self.query = self.replies.query
+        self.start_query = self.replies.start_query
         self.on_done = self.consumers.on_done
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -173,6 +174,16 @@ class Manager:
         return results
 
     # -- consuming ------------------------------------------------------------------------
+    def replace_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        """Consume ``subscriptions`` from now on (the Kamailio bridge, after Kamailio's
+        ``kazoo:mod-init`` answered differently): each connected link's consume connection is
+        dropped, so it reconnects and declares the new list (queues of the old list that are
+        no longer subscribed stop being consumed; their deliveries in flight are requeued)."""
+        self.consumers.subscriptions[:] = subscriptions
+        for link in self.links:
+            if link.consume is not None and link.consume.is_open:
+                link.consume.abort()
+
     def pause_consumers(self, paused: bool) -> None:
         """Back-pressure from the worker pool: stop or resume reading deliveries."""
         self.consumers.pause(paused, self.links)

@@ -107,6 +107,26 @@ class Replies:
             UsageError, BadPayload, BadRoutingKey, BufferFull, ShuttingDown: from the publish;
             any final publish failure (refused exchange, nack, return) ends the wait at once.
         """
+        return await self.start_query(
+            exchange, routing_key, payload, headers, timeout_ms, mandatory=mandatory
+        )
+
+    def start_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | bytes | dict[str, Any],
+        headers: str | None = None,
+        timeout_ms: int | None = None,
+        *,
+        mandatory: bool = False,
+    ) -> asyncio.Future[str]:
+        """Publish a query now and return the future of its reply's text, without waiting
+        (``kazoo_async_query`` through the Kamailio bridge; :meth:`query` awaits it).
+
+        The future fails with ``QueryTimeout`` after the timeout, or with the publish's final
+        failure. Cancelling it forgets the query. Bad input raises at once (as :meth:`query`).
+        """
         if self._closing:
             raise ShuttingDown("the daemon is stopping; query refused")
         if timeout_ms is not None and timeout_ms <= 0:
@@ -135,21 +155,29 @@ class Replies:
         self.pending[msg_id] = fut
         self.counters["queries"] += 1
         started = loop.time()
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
+
+        def expire() -> None:
+            if fut.done():
+                return
             self.counters["query_timeouts"] += 1
-            elapsed = (loop.time() - started) * 1000
-            raise QueryTimeout(
-                f"no reply with Msg-ID {msg_id} to {exchange}/{routing_key} within "
-                f"{timeout * 1000:.0f} ms",
-                msg_id=msg_id,
-                timeout_ms=elapsed,
-            ) from None
-        finally:
+            fut.set_exception(
+                QueryTimeout(
+                    f"no reply with Msg-ID {msg_id} to {exchange}/{routing_key} within "
+                    f"{timeout * 1000:.0f} ms",
+                    msg_id=msg_id,
+                    timeout_ms=(loop.time() - started) * 1000,
+                )
+            )
+
+        timer = loop.call_later(timeout, expire)
+
+        def finished(_: asyncio.Future[str]) -> None:
+            timer.cancel()
             if self.pending.get(msg_id) is fut:
                 del self.pending[msg_id]
+
+        fut.add_done_callback(finished)
+        return fut
 
     def _on_reply(self, d: Delivery, sid: int, zone: str) -> None:
         self.counters["replies"] += 1

@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from kazoo_amqp.core.broker_url import BrokerSpec, parse_connection, redact_url
 from kazoo_amqp.core.config_keys import EFFECTIVE, KEY, KEYS, ignored_reason, known_keys
+from kazoo_amqp.core.kamailio.settings import BridgeSettings, bridge_from_mapping
 from kazoo_amqp.errors import ConfigError
 
 __all__ = [
@@ -105,7 +106,7 @@ class Settings:
     amqp_consumer_event_key: str = "Event-Category"
     amqp_consumer_event_subkey: str = "Event-Name"
     amqp_query_timeout: float = 2.0
-    amqp_query_timeout_avp: str | None = None  # accepted; not applicable (no pseudo-variables)
+    amqp_query_timeout_avp: str | None = None  # read by the Kamailio bridge only
     amqp_connect_timeout: float = 1.0  # effective value (config_keys.EFFECTIVE)
     amqp_heartbeats: int = 30  # effective value (config_keys.EFFECTIVE)
     amqps_ca_cert: str | None = None
@@ -154,6 +155,8 @@ class Settings:
     late_replies: LateReplies = "drop"
     kamailio_rpc: str | None = None
     log_level: str = "info"
+    #: the Kamailio bridge (``[kamailio]``): events run inside Kamailio, not in worker processes
+    kamailio: BridgeSettings | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -218,7 +221,7 @@ def settings_from_mapping(
             the message names the key, the value and the fix.
     """
     _reject_unknown(data)
-    _check_kamailio_table(data.get("kamailio"))
+    kamailio = bridge_from_mapping(data.get("kamailio"))  # the one parser of [kamailio]
     r = _Reader(data)
     notes: list[str] = []
     # Every key of a simple kind is read from the table alone (type, default, range, meaning).
@@ -273,6 +276,8 @@ def settings_from_mapping(
         f"{key} is accepted and ignored: {reason}"
         for key in data
         if (reason := ignored_reason(key)) is not None
+        # the Kamailio bridge's edge module reads the per-query timeout from that AVP
+        and not (key == "amqp_query_timeout_avp" and kamailio is not None)
     ]
     return Settings(
         brokers=brokers,
@@ -290,6 +295,7 @@ def settings_from_mapping(
         amqp_timer_process_interval=_timer_process_interval(r),
         routes=_routes(r, base_dir),
         kamailio_rpc=_kamailio_rpc(r, base_dir),
+        kamailio=kamailio,
         notes=tuple(ignored + notes),
         **values,
     )
@@ -542,29 +548,6 @@ def _range(minimum: int, maximum: int | None) -> str:
     if minimum == 0:
         return "a non-negative integer"
     return f"an integer of at least {minimum}"
-
-
-def _check_kamailio_table(table: Any) -> None:
-    """Minimal check of ``[kamailio]`` (written by ``kamailio-convert``).
-
-    MERGE: replaced by the bridge helper's parsing of the table into Settings.
-    """
-    if table is None:
-        return
-    fix = "convert the cfg again with kazoo-amqp kamailio-convert"
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"config key 'kamailio' must be a table ({fix})", key="kamailio")
-    calls = table.get("calls", {})
-    if not isinstance(calls, Mapping) or not all(
-        isinstance(row, Mapping)
-        and isinstance(row.get("op"), str)
-        and isinstance(row.get("args"), list)
-        for row in calls.values()
-    ):
-        raise ConfigError(
-            f"config key 'kamailio.calls' must hold tables with op and args ({fix})",
-            key="kamailio",
-        )
 
 
 def _reject_unknown(data: Mapping[str, Any]) -> None:

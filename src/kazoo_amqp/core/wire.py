@@ -15,6 +15,10 @@ op              fields
                 ``id``/``op``); ``confirm`` bool: the default of messages that do not say
 ``query``       as ``publish`` (no ``confirm``/``persistent``), plus ``timeout_ms`` int
                 0..``MAX_TIMEOUT_MS`` or null (may be left out)
+``async_query`` as ``query``, plus ``resume``: ``{"tindex": int, "tlabel": int,
+                "reply_route": str, "timeout_route": str}`` (the Kamailio bridge: the daemon
+                answers ``{"accepted": true}`` at once and sends the reply, or the timeout,
+                to Kamailio's suspended transaction)
 ``pua_publish`` ``payload`` str (JSON text), ``package`` null, ``"presence"``,
                 ``"dialog"`` or ``"message-summary"`` (may be left out)
 ``status``      none
@@ -64,6 +68,7 @@ __all__ = [
     "MAX_TIMEOUT_MS",
     "OPS",
     "PUA_PACKAGES",
+    "RESUME_FIELDS",
     "BadRequest",
     "Op",
     "PublishItem",
@@ -79,8 +84,10 @@ __all__ = [
     "error_type_name",
 ]
 
-Op = Literal["publish", "publish_batch", "query", "pua_publish", "status", "ping"]
-OPS: Final = frozenset({"publish", "publish_batch", "query", "pua_publish", "status", "ping"})
+Op = Literal["publish", "publish_batch", "query", "async_query", "pua_publish", "status", "ping"]
+OPS: Final = frozenset(
+    {"publish", "publish_batch", "query", "async_query", "pua_publish", "status", "ping"}
+)
 
 #: Most messages one ``publish_batch`` request may carry.
 MAX_BATCH: Final = 10000
@@ -127,6 +134,7 @@ class Request:
     messages: tuple[PublishItem, ...] = ()
     confirm: bool = False
     persistent: bool | None = None
+    resume: dict[str, Any] | None = None  # async_query: where the answer goes (Kamailio bridge)
 
 
 class PublishItem(NamedTuple):
@@ -325,6 +333,29 @@ def _parse_object(frame: bytes, what: str, error: type[ProtocolError]) -> dict[s
     return obj
 
 
+#: The fields of an ``async_query``'s ``resume`` object and their JSON types.
+RESUME_FIELDS: Final = (
+    ("tindex", int),
+    ("tlabel", int),
+    ("reply_route", str),
+    ("timeout_route", str),
+)
+
+
+def _resume_field(obj: dict[str, Any], request_id: int) -> dict[str, Any]:
+    resume = obj.get("resume")
+    if type(resume) is not dict or any(
+        type(resume.get(name)) is not kind for name, kind in RESUME_FIELDS
+    ):
+        raise BadRequest(
+            f"async_query request {request_id}: 'resume' must be an object with integer "
+            "tindex and tlabel and string reply_route and timeout_route (where the answer "
+            f"goes), not {resume!r:.200}",
+            request_id=request_id,
+        )
+    return resume
+
+
 def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -514,7 +545,7 @@ def _request_from(obj: dict[str, Any]) -> Request:
                 _publish_item(item, request_id, f"publish_batch message {n} of", confirm)
             )
         return Request(request_id, "publish_batch", messages=tuple(messages), confirm=confirm)
-    if op == "query":
+    if op == "query" or op == "async_query":
         timeout_ms = obj.get("timeout_ms")
         if timeout_ms is not None and (
             type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS
@@ -524,9 +555,11 @@ def _request_from(obj: dict[str, Any]) -> Request:
                 f"MAX_TIMEOUT_MS ({MAX_TIMEOUT_MS}) or null, not {timeout_ms!r}",
                 request_id=request_id,
             )
+        resume = _resume_field(obj, request_id) if op == "async_query" else None
         return Request(
             request_id,
-            "query",
+            op,
+            resume=resume,
             exchange=_field(obj, "exchange", request_id, op),
             routing_key=_field(obj, "routing_key", request_id, op),
             payload=_payload_field(obj, request_id, op),

@@ -44,6 +44,11 @@ __all__ = ["DEFAULT_QUERY_WAIT", "QUERY_WAIT_MARGIN", "Client", "Payload"]
 T = TypeVar("T")
 
 _RECV_SIZE = 65536
+#: Errors of requests sent without waiting kept for :meth:`Client.late_errors`.
+_LATE_ERRORS = 100
+#: Requests sent without waiting between two non-blocking reads of their answers (~40 bytes
+#: each: far below the socket buffers).
+_DRAIN_EVERY = 64
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE killing Kamailio
 
 
@@ -67,6 +72,8 @@ class Client:
         self._pid = -1
         self._stream = rq.Stream()
         self._responses: deque[Response] = deque()
+        self._late: deque[KazooError] = deque(maxlen=_LATE_ERRORS)
+        self._unread = 0  # answers to requests sent without waiting, not read yet
         self._lock = threading.Lock()
 
     @property
@@ -125,11 +132,56 @@ class Client:
         headers: str | None = None,
         *,
         mandatory: bool = False,
-    ) -> dict[str, Any]:
-        """Publish a query and return the parsed reply (the daemon's default timeout if None)."""
+        raw: bool = False,
+    ) -> Any:
+        """Publish a query and return the parsed reply (the daemon's default timeout if None).
+
+        ``raw=True`` returns the reply's JSON text as the daemon sent it instead (``$kzR``).
+        """
         return self._run(
-            rq.query(exchange, routing_key, payload, timeout_ms, headers, mandatory=mandatory)
+            rq.query(
+                exchange, routing_key, payload, timeout_ms, headers, mandatory=mandatory, raw=raw
+            )
         )
+
+    def publish_nowait(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        headers: str | None = None,
+    ) -> None:
+        """Send a publish and return without waiting for the daemon's answer (the Kamailio
+        bridge's ``kazoo_publish``: the SIP worker never waits on another process).
+
+        Raises what can be known here (bad arguments, no daemon). The daemon's refusals (bad
+        payload, buffer full, stopping) come back later: :meth:`late_errors` returns them."""
+        self._post(rq.publish(exchange, routing_key, payload, headers))
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: Payload,
+        resume: dict[str, Any],
+        timeout_ms: int | None = None,
+        headers: str | None = None,
+    ) -> None:
+        """Hand a query to the daemon without waiting; the daemon sends the answer (or the
+        timeout, or its refusal of the query) to the suspended transaction ``resume`` names
+        (the Kamailio bridge). Raises what can be known here (bad arguments, no daemon)."""
+        self._post(rq.async_query(exchange, routing_key, payload, resume, timeout_ms, headers))
+
+    def late_errors(self) -> list[KazooError]:
+        """Errors the daemon answered to requests sent without waiting, as read so far (answers
+        are read every ``_DRAIN_EVERY`` such requests and by every waiting call), oldest first,
+        at most the last ``_LATE_ERRORS``."""
+        if not self._late:
+            return []
+        with self._lock:
+            errors = list(self._late)
+            self._late.clear()
+        return errors
 
     def pua_publish(self, payload: Payload, package: str | None = None) -> dict[str, Any]:
         """Write the presentity update in ``payload`` (``package``: None, ``"presence"``,
@@ -171,32 +223,83 @@ class Client:
         op = call.op
         with self._lock:
             request_id, frame = self._stream.encode(call)
-            sock = self._sock or self._connected()
+            sock = self._send(frame, request_id, op)
+            response = self._wait(sock, request_id, op, call.wait_with(self._timeout))
+            self._unread = 0  # the answers before ours were read on the way
+        return call.outcome(response)
+
+    def _send(self, frame: bytes, request_id: int, op: str) -> socket.socket:
+        """Write one framed request (on a fresh connection once when the old one is dead);
+        return the socket it went out on. Called with the lock held."""
+        sock = self._sock or self._connected()
+        try:
+            sock.sendall(frame, _SEND_FLAGS)
+        except OSError as exc:
+            # The frame did not (completely) reach the daemon, so it cannot have been
+            # carried out. The daemon may have said why before closing (frame too big).
+            early = self._read_early_error(request_id)
+            self._drop()
+            if early is not None:
+                raise early from None
+            if isinstance(exc, TimeoutError):
+                raise NotConnected(
+                    f"the kazoo-amqp daemon on {self._path} is not reading requests (the "
+                    f"{op} could not be sent in time); it was not carried out"
+                ) from None
+            sock = self._connected()  # the daemon restarted: one fresh connection
             try:
                 sock.sendall(frame, _SEND_FLAGS)
-            except OSError as exc:
-                # The frame did not (completely) reach the daemon, so it cannot have been
-                # carried out. The daemon may have said why before closing (frame too big).
+            except OSError:
                 early = self._read_early_error(request_id)
                 self._drop()
                 if early is not None:
                     raise early from None
-                if isinstance(exc, TimeoutError):
-                    raise NotConnected(
-                        f"the kazoo-amqp daemon on {self._path} is not reading requests (the "
-                        f"{op} could not be sent in time); it was not carried out"
-                    ) from None
-                sock = self._connected()  # the daemon restarted: one fresh connection
-                try:
-                    sock.sendall(frame, _SEND_FLAGS)
-                except OSError:
-                    early = self._read_early_error(request_id)
-                    self._drop()
-                    if early is not None:
-                        raise early from None
-                    raise rq.lost(self._path, op) from None
-            response = self._wait(sock, request_id, op, call.wait_with(self._timeout))
-        return call.outcome(response)
+                raise rq.lost(self._path, op) from None
+        return sock
+
+    def _post(self, call: Call[Any]) -> None:
+        """Send ``call`` without waiting for its answer (read later, without blocking)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            self._unread += 1
+            if self._unread >= _DRAIN_EVERY:  # a few syscalls, not on every call
+                self._unread = 0
+                self._drain()
+            request_id, frame = self._stream.encode(call)
+            self._send(frame, request_id, call.op)
+
+    def _drain(self) -> None:
+        """Read the answers already waiting, without blocking; keep the errors among them."""
+        sock = self._sock
+        if sock is None:
+            return
+        # A socket with a timeout waits on EAGAIN even with MSG_DONTWAIT: timeout 0 for this.
+        sock.settimeout(0.0)
+        self._sock_wait = 0.0
+        while True:
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop()
+                return
+            if not data:
+                self._drop()
+                return
+            try:
+                self._responses.extend(self._stream.feed(data))
+            except ProtocolError:
+                self._drop()
+                return
+        sock.settimeout(self._timeout)  # sends block (bounded) again
+        self._sock_wait = self._timeout
+        responses = self._responses
+        while responses:
+            response = responses.popleft()
+            if not response.ok:
+                self._late.append(response.error())
 
     def _wait(self, sock: socket.socket, request_id: int, op: str, wait: float) -> Response:
         responses = self._responses
@@ -209,7 +312,9 @@ class Client:
                 if response.id is None and not response.ok:
                     # The daemon could not read the id of a frame; ours is the only one in flight.
                     return response
-                # else: a reply to a request abandoned earlier; not ours.
+                # else: a reply to a request abandoned earlier or sent without waiting.
+                if not response.ok:
+                    self._late.append(response.error())
             if deadline:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -282,6 +387,7 @@ class Client:
         sock = self._sock
         self._sock = None
         self._responses.clear()
+        self._unread = 0
         if sock is not None:
             sock.close()
 

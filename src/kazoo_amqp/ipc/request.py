@@ -28,6 +28,7 @@ from kazoo_amqp.core.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from kazoo_amqp.core.wire import (
     MAX_TIMEOUT_MS,
     PUA_PACKAGES,
+    RESUME_FIELDS,
     Response,
     batch_results,
     decode_response,
@@ -51,6 +52,7 @@ __all__ = [
     "Call",
     "Payload",
     "Stream",
+    "async_query",
     "connect_error",
     "lost",
     "no_answer",
@@ -255,6 +257,13 @@ def _dict_result(op: str) -> Callable[[Any], dict[str, Any]]:
 _publish_result = _dict_result("publish")
 _pua_result = _dict_result("pua_publish")
 _status_result = _dict_result("status")
+_async_result = _dict_result("async_query")
+
+
+def _text_result(result: Any) -> str:
+    if type(result) is not str:
+        raise ProtocolError(f"the daemon answered a query with {type(result).__name__}, not text")
+    return result
 
 
 def _batch_result(result: Any) -> list[dict[str, Any] | KazooError]:
@@ -350,8 +359,43 @@ def query(
     headers: str | None = None,
     *,
     mandatory: bool = False,
+    raw: bool = False,
+) -> Call[Any]:
+    """A query: the parsed reply (``timeout_ms`` None or 0: the daemon's default); with
+    ``raw``, the reply's JSON text as the daemon sent it."""
+    wait = _query_wait(timeout_ms)
+    fields = _publish_fields(exchange, routing_key, payload, headers, mandatory, False, None)
+    fields["timeout_ms"] = timeout_ms
+    return Call("query", fields, _text_result if raw else _query_result, wait)
+
+
+def async_query(
+    exchange: str,
+    routing_key: str,
+    payload: Payload,
+    resume: dict[str, Any],
+    timeout_ms: int | None = None,
+    headers: str | None = None,
 ) -> Call[dict[str, Any]]:
-    """A query: the parsed reply (``timeout_ms`` None or 0: the daemon's default)."""
+    """A query whose answer goes elsewhere (the Kamailio bridge: ``resume`` names the suspended
+    transaction and its reply/timeout routes, see ``core.wire.RESUME_FIELDS``). The daemon
+    answers ``{"accepted": true}`` once it published the query."""
+    _query_wait(timeout_ms)
+    if type(resume) is not dict or any(
+        type(resume.get(name)) is not kind for name, kind in RESUME_FIELDS
+    ):
+        raise UsageError(
+            "resume must be a dict with int tindex and tlabel and str reply_route and "
+            f"timeout_route, not {resume!r:.120}"
+        )
+    fields = _publish_fields(exchange, routing_key, payload, headers, False, False, None)
+    fields["timeout_ms"] = timeout_ms
+    fields["resume"] = resume
+    return Call("async_query", fields, _async_result)
+
+
+def _query_wait(timeout_ms: object) -> float:
+    """How long the client waits for a query's reply (checks ``timeout_ms``)."""
     if timeout_ms is None or timeout_ms == 0:
         wait = DEFAULT_QUERY_WAIT
     elif type(timeout_ms) is not int or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
@@ -361,9 +405,7 @@ def query(
         )
     else:
         wait = timeout_ms / 1000.0 + QUERY_WAIT_MARGIN
-    fields = _publish_fields(exchange, routing_key, payload, headers, mandatory, False, None)
-    fields["timeout_ms"] = timeout_ms
-    return Call("query", fields, _query_result, wait)
+    return wait
 
 
 def pua_publish(payload: Payload, package: str | None = None) -> Call[dict[str, Any]]:

@@ -12,7 +12,8 @@ stream: the request path is a callback and a dict lookup). Rules of this file:
 * **Pipelining.** A client may send any number of requests before reading a reply. Confirmed
   publishes, ``query`` and ``pua_publish`` are answered when they finish, in whatever order
   that happens (queries and presence writes run as tasks owned by the server); the ``id``
-  matches replies to requests. Accepted publishes, ``ping`` and ``status`` are answered inline.
+  matches replies to requests. Accepted publishes, ``async_query`` (the Kamailio bridge),
+  ``ping`` and ``status`` are answered inline.
 * **Bounded.** At most ``max_inflight_per_connection`` requests wait per connection. Requests
   past that wait in the connection's backlog and reading of that transport is paused until the
   count drops; reading is also paused while the client is not reading its replies (the
@@ -146,6 +147,20 @@ class Backend(Protocol):
         self, payload: str | dict[str, Any], package: str | None
     ) -> dict[str, Any]:
         """Write the presentity update described by ``payload``."""
+        ...
+
+    def async_query(
+        self,
+        exchange: str,
+        routing_key: str,
+        payload: str | dict[str, Any],
+        headers: str | None,
+        timeout_ms: int | None,
+        resume: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Publish a query whose reply goes to a suspended Kamailio transaction (``resume``,
+        see ``core.wire.RESUME_FIELDS``); return ``{"accepted": true}`` at once, or raise the
+        typed error (no bridge configured, bad payload, ...)."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -602,6 +617,8 @@ class _Connection(asyncio.Protocol):
             self._send(encode_response_ok(req.id, True))
         elif op == "status":
             self._answer_status(req.id)
+        elif op == "async_query" and not self._server._stopping:
+            self._accept_async_query(req)
         elif self._server._stopping:
             self._refuse(req)
         elif len(self._tasks) >= self._max_inflight or self._backlog:
@@ -611,6 +628,23 @@ class _Connection(asyncio.Protocol):
             self._start(req)
             if len(self._tasks) >= self._max_inflight:
                 self._update_reading()
+
+    def _accept_async_query(self, req: Request) -> None:
+        """The Kamailio bridge's query: published and answered at once (no task); the reply
+        goes to Kamailio's suspended transaction, not to this connection."""
+        try:
+            result = self._backend.async_query(
+                req.exchange,
+                req.routing_key,
+                req.payload,
+                req.headers,
+                req.timeout_ms,
+                req.resume or {},
+            )
+        except Exception as exc:
+            self._reply(req.id, req.op, None, exc)
+            return
+        self._reply(req.id, req.op, result, None)
 
     def _answer_status(self, request_id: int) -> None:
         try:

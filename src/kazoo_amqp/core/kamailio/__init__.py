@@ -1,8 +1,8 @@
-"""Kamailio cfg conversion for the bridge (issue 6): lexer, preprocessor, rewriter.
+"""Pure pieces of the Kamailio bridge (issue 6, ``docs/kamailio-bridge-design.md``).
 
-Pure: files come in through an injected reader and go out as texts (see :func:`convert`).
+* ``lexer``, ``preproc``, ``convert``, ``toml_writer``: ``kazoo-amqp kamailio-convert``;
+* ``settings``: the ``[kamailio]`` table of the daemon config (the one parser of it);
+* ``bridge_cfg``: the generated cfg includes and app_python3 script.
+
+Nothing is imported here, so ``core.config`` can import ``settings`` without the converter.
 """
-
-from kazoo_amqp.core.kamailio.convert import Conversion, ConversionFailed, Problem, convert
-
-__all__ = ["Conversion", "ConversionFailed", "Problem", "convert"]

@@ -46,6 +46,12 @@ from kazoo_amqp.core.kamailio.lexer import (
     tokenize,
 )
 from kazoo_amqp.core.kamailio.preproc import Preprocessor
+from kazoo_amqp.core.kamailio.settings import (
+    DEFAULT_BRIDGE,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_SOCKET_WORKERS,
+    bridge_from_mapping,
+)
 from kazoo_amqp.core.kamailio.toml_writer import dumps
 from kazoo_amqp.errors import ConfigError, UsageError
 
@@ -71,17 +77,14 @@ Reader = Callable[[str], "str | None"]
 
 MAIN_NAME = "kamailio.cfg"
 TOML_NAME = "kazoo-amqp.toml"
-MODULES_INCLUDE = "kazoo-amqp-modules.cfg"
-ROUTES_INCLUDE = "kazoo-amqp-routes.cfg"
-KEMI_SCRIPT = "kazoo_amqp_kemi.py"
-XHTTP_ORIGINAL = "KZ_XHTTP_ORIGINAL"
-DEFAULT_BRIDGE = "127.0.0.1:5091"
-DEFAULT_SOCKET_WORKERS = 4
-DEFAULT_MAX_EVENT_BYTES = 1048576
+MODULES_INCLUDE = bridge_cfg.MODULES_NAME
+ROUTES_INCLUDE = bridge_cfg.ROUTES_NAME
+KEMI_SCRIPT = bridge_cfg.KEMI_NAME
+XHTTP_ORIGINAL = bridge_cfg.ORIGINAL_XHTTP_ROUTE
 _MAX_INCLUDE_DEPTH = 10  # Kamailio's own limit
 _GENERATED = (MODULES_INCLUDE, ROUTES_INCLUDE)
 # Modules the bridge's generated include may load (a second load stops Kamailio).
-_BRIDGE_MODULES = frozenset({"xhttp", "app_python3", "tm", "tmx", "htable", "pv", "sl", "cfgutils"})
+_BRIDGE_MODULES = frozenset(bridge_cfg.BRIDGE_MODULES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,6 @@ CALLS: dict[str, _CallKind] = {
     "kazoo_pua_publish_dialoginfo": _CallKind("pua_publish_dialoginfo", "ku", (1,)),
     "kazoo_pua_publish_mwi": _CallKind("pua_publish_mwi", "ku", (1,)),
     "kazoo_pua_publish_presence": _CallKind("pua_publish_presence", "ku", (1,)),
-    "kazoo_pua_flush": _CallKind("pua_flush", "kf", (0, 1)),
 }
 
 _KZ_PV = re.compile(r"\$(\$)|\$(\()?(kzRK|kzR|kzE)(?![A-Za-z0-9_])")
@@ -175,9 +177,10 @@ def convert(
     read: Reader,
     *,
     out_dir: str | None = None,
-    bridge: str = DEFAULT_BRIDGE,
-    socket_workers: int = DEFAULT_SOCKET_WORKERS,
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    bridge: str | None = None,
+    socket_workers: int | None = None,
+    max_event_bytes: int | None = None,
+    package_dir: str | None = None,
 ) -> Conversion:
     """Convert the cfg at absolute path ``main_path`` (see the module docstring).
 
@@ -186,15 +189,19 @@ def convert(
     folder (``/`` by default) before app_python3 loads its script. Without it (tests) they
     use the bare file name.
 
-    ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]`` unless the input
-    folder's ``kazoo-amqp.toml`` of an already converted cfg sets them.
+    ``bridge``, ``socket_workers`` and ``max_event_bytes`` fill ``[kamailio]``; None keeps what
+    the input folder's ``kazoo-amqp.toml`` of an already converted cfg says, else the default.
+    ``package_dir``: the folder holding the ``kazoo_amqp`` package for Kamailio's Python (the
+    generated app_python3 script puts it on ``sys.path``; see ``bridge_cfg.render_includes``).
 
     Raises:
         ConversionFailed: every problem found, each as ``file:line: construct: why (fix)``.
     """
     converter = _Converter(posixpath.normpath(main_path), read)
     toml_path = posixpath.join(out_dir, TOML_NAME) if out_dir else TOML_NAME
-    return converter.run(bridge, socket_workers, max_event_bytes, toml_path)
+    return converter.run(
+        bridge, socket_workers, max_event_bytes, toml_path, out_dir=out_dir, package_dir=package_dir
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +301,14 @@ class _Converter:
     # -- driver ------------------------------------------------------------------------------
 
     def run(
-        self, bridge: str, socket_workers: int, max_event_bytes: int, toml_path: str
+        self,
+        bridge: str | None,
+        socket_workers: int | None,
+        max_event_bytes: int | None,
+        toml_path: str,
+        *,
+        out_dir: str | None,
+        package_dir: str | None,
     ) -> Conversion:
         main_text = self.read(self.main_path)
         shown = posixpath.basename(self.main_path)
@@ -315,14 +329,25 @@ class _Converter:
         if self.problems:
             raise ConversionFailed(self.problems)
         kamailio = toml_data["kamailio"]
+        try:
+            checked = bridge_from_mapping(kamailio)  # the runtime's own parser
+        except ConfigError as exc:
+            raise ConversionFailed(
+                [Problem(TOML_NAME, 0, "[kamailio]", str(exc), "convert the original cfg again")]
+            ) from None
+        assert checked is not None
+        node_hostname = toml_data.get("node_hostname")
         generated = bridge_cfg.render_includes(
-            bridge=kamailio["bridge"],
-            socket_workers=kamailio["socket_workers"],
-            max_event_bytes=kamailio["max_event_bytes"],
+            bridge=checked.bridge,
+            socket_workers=checked.socket_workers,
+            max_event_bytes=checked.max_event_bytes,
             loaded_modules=frozenset(self.loaded_modules),
             original_xhttp_route=XHTTP_ORIGINAL if self.xhttp else None,
             resume_routes=self._resume_routes(),
             toml_name=toml_path,
+            node_hostname=node_hostname if isinstance(node_hostname, str) else None,
+            out_dir=out_dir,
+            package_dir=package_dir,
         )
         files, links = self._outputs(main)
         for name, text in [(TOML_NAME, _toml_text(toml_data)), *generated.items()]:
@@ -1023,7 +1048,9 @@ class _Converter:
         )
         self.counts[f'include_file "{MODULES_INCLUDE}" / "{ROUTES_INCLUDE}" added'] += 2
 
-    def _toml(self, bridge: str, socket_workers: int, max_event_bytes: int) -> dict[str, Any]:
+    def _toml(
+        self, bridge: str | None, socket_workers: int | None, max_event_bytes: int | None
+    ) -> dict[str, Any]:
         previous = dict(self.previous or {})
         old_kamailio = previous.pop("kamailio", {})
         old_kamailio = old_kamailio if isinstance(old_kamailio, dict) else {}
@@ -1053,9 +1080,11 @@ class _Converter:
                 shown=None if f else posixpath.basename(self.main_path),
             )
         kamailio: dict[str, Any] = {
-            "bridge": old_kamailio.get("bridge", bridge),
-            "socket_workers": old_kamailio.get("socket_workers", socket_workers),
-            "max_event_bytes": old_kamailio.get("max_event_bytes", max_event_bytes),
+            "bridge": bridge or old_kamailio.get("bridge", DEFAULT_BRIDGE),
+            "socket_workers": socket_workers
+            or old_kamailio.get("socket_workers", DEFAULT_SOCKET_WORKERS),
+            "max_event_bytes": max_event_bytes
+            or old_kamailio.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES),
         }
         for key, value in old_kamailio.items():
             if key not in kamailio and key not in ("routes", "calls"):
