@@ -158,11 +158,12 @@ async def test_one_refused_publish_among_hundreds_in_flight_fails_only_itself(
 async def test_nacks_of_a_reject_publish_queue_reach_the_caller_typed(
     rabbitmq: dict[str, object],
 ) -> None:
-    """A full queue with x-overflow reject-publish nacks: the caller gets PublishNacked."""
+    """A full queue with x-overflow reject-publish nacks: the publish is sent again until its
+    deadline (the queue may drain), then the caller gets the PublishNacked."""
     exchange, queue = unique("kzt.nack"), unique("kzt-nack")
     _sink(AMQP_URL, exchange, queue, **{"x-max-length": 2, "x-overflow": "reject-publish"})
     rec = Recorder()
-    manager = _manager(_settings(AMQP_URL), rec)
+    manager = _manager(_settings(AMQP_URL, publish_buffer_timeout_ms=700), rec)
     await manager.start()
     try:
         assert await manager.wait_connected(10)
@@ -180,6 +181,7 @@ async def test_nacks_of_a_reject_publish_queue_reach_the_caller_typed(
         message, error = rec.failed[0]
         assert message.msg_id == msg_id == "n-silent" and isinstance(error, PublishNacked)
         assert len(_drain(AMQP_URL, queue)) == 2
+        assert manager.status()["publish_nacked"] >= 2 * 4  # each one was re-sent, then failed
     finally:
         await manager.stop()
 

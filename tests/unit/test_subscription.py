@@ -414,7 +414,11 @@ ARGS_TABLE: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
     ("null: no arguments", {"queue-args": None, "exchange-args": None}, {}, {}),
     (
         "quorum queue with a dead-letter exchange",
-        {"queue-args": {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx"}},
+        {
+            "durable": 1,
+            "auto_delete": 0,
+            "queue-args": {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx"},
+        },
         {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx"},
         {},
     ),
@@ -442,7 +446,7 @@ def test_queue_and_exchange_args_are_passed_to_the_declares(
 
 
 def test_declare_args_are_read_from_json_text_too() -> None:
-    text = json.dumps({**BLF, "queue-args": {"x-queue-type": "quorum"}})
+    text = json.dumps(QUORUM)
     assert dict(parse_subscription(text).queue.arguments) == {"x-queue-type": "quorum"}
 
 
@@ -489,3 +493,31 @@ def test_a_description_nested_too_deeply_is_a_usage_error() -> None:
         node = node["a"]  # type: ignore[assignment]
     with pytest.raises(UsageError, match="nested"):
         parse_subscription({"queue": "q", "queue-args": deep})
+
+
+QUORUM = {**BLF, "durable": 1, "auto_delete": 0, "queue-args": {"x-queue-type": "quorum"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"durable": 0}, "durable must be 1"),
+        ({"auto_delete": 1}, "auto_delete must be 0"),
+        ({"exclusive": 1}, "exclusive must be 0"),
+        ({"queue-def": {"durable": 1}}, "auto_delete must be 0"),  # queue-def's default applies
+        ({"queue-args": {"x-queue-type": "stream"}, "durable": 0}, "stream queue"),
+    ],
+)
+def test_quorum_queue_with_flags_rabbitmq_refuses_is_a_usage_error_naming_the_fix(
+    fields: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(UsageError, match=fragment) as info:
+        parse_subscription({**QUORUM, **fields})
+    assert '"durable": 1, "auto_delete": 0' in str(info.value)
+
+
+def test_quorum_queue_durable_and_not_auto_delete_is_accepted() -> None:
+    sub = parse_subscription(QUORUM)
+    assert (sub.queue.durable, sub.queue.auto_delete, sub.queue.exclusive) == (True, False, False)
+    classic = parse_subscription({**BLF, "queue-args": {"x-queue-type": "classic"}})
+    assert classic.queue.auto_delete  # only replicated types carry the constraint

@@ -26,6 +26,9 @@ Deliberate differences from C (``docs/compat-config.md``):
   rejected with :class:`~kazoo_amqp.errors.UsageError` instead of failing at connect time;
 * ``"queue-args"`` / ``"exchange-args"`` (objects) are passed as the ``arguments`` table of
   ``queue.declare`` / ``exchange.declare`` (quorum queues, dead-letter exchanges, …); C sends none.
+  A quorum or stream queue (``"x-queue-type"``) must be durable, not exclusive and not
+  auto-delete, as RabbitMQ requires: other flags are a :class:`~kazoo_amqp.errors.UsageError`
+  naming the fix here, instead of a 406 from every broker at every connect.
 
 This module is pure.
 """
@@ -369,7 +372,34 @@ def _prefetch(value: object) -> int | None:
     return value
 
 
+#: queue types RabbitMQ replicates; it refuses them unless durable, not exclusive, not auto-delete
+_REPLICATED_QUEUE_TYPES = frozenset({"quorum", "stream"})
+
+
+def _validate_queue_type(queue: QueueDecl) -> None:
+    kind = queue.arguments.get("x-queue-type")
+    if kind not in _REPLICATED_QUEUE_TYPES:
+        return
+    wrong = [
+        flag
+        for flag, bad in (
+            ("durable must be 1", not queue.durable),
+            ("exclusive must be 0", queue.exclusive),
+            ("auto_delete must be 0", queue.auto_delete),
+        )
+        if bad
+    ]
+    if wrong and not queue.passive:
+        raise UsageError(
+            f"kazoo_subscribe: queue {queue.name!r} is a {kind} queue, which RabbitMQ only "
+            f"declares durable, not exclusive and not auto-delete ({', '.join(wrong)}): add "
+            '"durable": 1, "auto_delete": 0 (and no "exclusive") to the description or its '
+            '"queue-def"'
+        )
+
+
 def _validate(subscription: Subscription) -> None:
+    _validate_queue_type(subscription.queue)
     if not subscription.exchange.name and not subscription.queue.name:
         raise UsageError(
             "kazoo_subscribe: subscription needs an exchange or a queue "

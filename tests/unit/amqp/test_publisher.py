@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -86,15 +87,55 @@ async def test_a_refused_publish_without_done_reaches_on_failed_with_its_identit
         await until(lambda: len(rig.net["a"].published) == 1)
 
 
-async def test_a_nack_reaches_the_caller_as_publish_nacked() -> None:
+async def test_a_nack_that_persists_reaches_the_caller_as_publish_nacked_at_the_deadline() -> None:
+    """A queue that keeps nacking (full, reject-publish): re-sent with growing delays, then the
+    caller gets the PublishNacked itself once publish_buffer_timeout_ms has passed."""
+    async with Rig("a", publish_buffer_timeout_ms=500) as rig:
+        rig.net["a"].exchanges.add("full")
+        rig.net["a"].nack_exchanges.add("full")
+        out = Outcomes()
+        started = asyncio.get_running_loop().time()
+        rig.manager.submit("full", "k", {}, done=out.done_for("n"))
+        await until(lambda: out.settled == 1, timeout=5)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert isinstance(out.errors["n"], PublishNacked)
+        assert 0.25 < elapsed < 1.0  # 0.1 + 0.2 s of delays fit in 0.5 s, 0.4 more do not
+        status = rig.manager.status()
+        assert status["publish_nacked"] == 3 and status["publish_failed"] == 1
+        assert len(rig.net["a"].published) == 0 and rig.manager.publisher.backlog() == 0
+
+
+async def test_a_transient_nack_is_sent_again_and_confirmed() -> None:
+    """A quorum queue whose leader's node stopped nacks until a new leader is elected: the
+    publish is written again after a delay and confirmed; the caller sees no error (issue 8's
+    chaos soak: 159 presence updates failed during a node restart in a healthy cluster)."""
     async with Rig("a") as rig:
+        broker = rig.net["a"]
+        broker.exchanges.add("q")
+        broker.nack_exchanges.add("q")
+        out = Outcomes()
+        rig.manager.submit("q", "k", {}, done=out.done_for("n"))
+        rig.manager.submit("amq.topic", "k", {}, done=out.done_for("other"))
+        await until(lambda: rig.manager.status()["publish_nacked"] >= 1)
+        broker.nack_exchanges.discard("q")  # the new leader takes messages again
+        await until(lambda: out.settled == 2, timeout=5)
+        assert out.errors == {}
+        assert out.results["n"]["server_id"] == 1 and "other" in out.results
+        assert rig.manager.status()["publish_failed"] == 0
+        assert rig.manager.publisher.backlog() == 0
+
+
+async def test_a_nacked_publish_waiting_to_be_resent_fails_with_shutting_down_on_stop() -> None:
+    async with Rig("a", publish_buffer_timeout_ms=60000) as rig:
         rig.net["a"].exchanges.add("full")
         rig.net["a"].nack_exchanges.add("full")
         out = Outcomes()
         rig.manager.submit("full", "k", {}, done=out.done_for("n"))
-        await until(lambda: out.settled == 1)
-        assert isinstance(out.errors["n"], PublishNacked)
-        assert rig.manager.status()["publish_failed"] == 1
+        await until(lambda: rig.manager.status()["publish_nacked"] >= 1)
+        assert rig.manager.publisher.backlog() == 1
+        await rig.manager.publisher.stop()
+        assert isinstance(out.errors["n"], ShuttingDown)
+        assert rig.manager.publisher.backlog() == 0
 
 
 async def test_a_returned_mandatory_publish_fails_with_publish_failed() -> None:
@@ -204,6 +245,27 @@ async def test_a_hung_broker_is_dropped_after_the_confirm_timeout_and_messages_g
         await until(lambda: out.settled == 5)
         assert out.errors == {} and rig.manager.status()["publish_retried"] >= 5
         assert ("closed", 1) in rig.events
+
+
+async def test_a_confirm_its_lost_connection_never_settled_is_sent_again() -> None:
+    """Regression (chaos soak): a connection that closes without failing a pending confirm
+    must not hold that message forever; the sweeper settles it and it goes out again."""
+    async with Rig("a", publish_confirm_timeout_ms=100) as rig:
+        broker = rig.net["a"]
+        broker.hang = True
+        out = Outcomes()
+        rig.manager.submit("amq.topic", "k", {"I": 1}, done=out.done_for("orphan"))
+
+        def holding() -> list[Any]:
+            return [c for c in broker.open_connections() if any(ch._pending for ch in c.channels)]
+
+        await until(lambda: len(holding()) == 1)
+        [conn] = holding()
+        conn.is_open = False  # lost without terminating its channels: the confirm is orphaned
+        conn.closed.set_result(None)
+        broker.hang = False
+        await until(lambda: out.settled == 1, 3.0)
+        assert out.errors == {} and rig.manager.status()["publish_retried"] >= 1
 
 
 async def test_lost_broker_fails_over_and_unconfirmed_messages_are_sent_again() -> None:
@@ -354,3 +416,21 @@ async def test_a_lone_surrogate_in_a_name_is_a_typed_error_naming_the_field(
             rig.manager.submit(exchange, routing_key, {}, headers)
         await asyncio.sleep(0.01)
         assert rig.net["a"].published == []
+
+
+async def test_submit_returns_before_the_write_and_one_loop_turn_writes_all_in_order() -> None:
+    """The caller's reply can leave before the body is serialised: submit only validates and
+    takes the message; the write happens later in the same loop iteration, for every message
+    accepted meanwhile, in submission order (behind older messages already waiting)."""
+    async with Rig("a") as rig:
+        channel = rig.manager.links[0].channel
+        assert channel is not None
+        ids = [rig.manager.submit("amq.topic", "k", {"I": i}) for i in range(5)]
+        assert channel._pending == {}  # type: ignore[attr-defined]
+        assert rig.manager.publisher.backlog() == 5  # owned: counted as waiting
+        await asyncio.sleep(0)
+        sent = [m for _, m in channel._pending.values()]  # type: ignore[attr-defined]
+        assert [json.loads(m.body)["Msg-ID"] for m in sent] == ids
+        await until(lambda: rig.manager.publisher.backlog() == 0)
+        assert msg_ids(rig.net["a"].published) == ids
+        assert rig.manager.status()["buffered"] == 0  # a link could take them: not "buffered"
