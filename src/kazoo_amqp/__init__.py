@@ -20,6 +20,7 @@ from kazoo_amqp.errors import (
     KazooError,
     MissingField,
     NotConnected,
+    OutcomeUnknown,
     PresenceError,
     ProtocolError,
     PublishFailed,
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "AsyncClient",
     "BadPath",
@@ -68,6 +70,7 @@ __all__ = [
     "KazooError",
     "MissingField",
     "NotConnected",
+    "OutcomeUnknown",
     "PresenceError",
     "ProtocolError",
     "PublishFailed",

@@ -368,9 +368,7 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
         print(f"kazoo-amqp: {len(exc.problems)} problem(s); nothing written", file=sys.stderr)
         return EXIT_CONVERT_FAILED
     except OSError as exc:
-        print(
-            f"{exc.filename}: cannot be read ({exc.strerror}); nothing written", file=sys.stderr
-        )
+        print(f"{exc.filename}: cannot be read ({exc.strerror}); nothing written", file=sys.stderr)
         return EXIT_CONVERT_FAILED
     same_folder = os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(main_path))
     links = {
@@ -378,8 +376,9 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
         for rel, target in result.links.items()
         if os.path.realpath(target) != os.path.realpath(os.path.join(out_dir, rel))
     }
-    if same_folder and any(_read_cfg(os.path.join(out_dir, rel)) != text
-                           for rel, text in result.files.items()):
+    if same_folder and any(
+        _read_cfg(os.path.join(out_dir, rel)) != text for rel, text in result.files.items()
+    ):
         print(
             f"kazoo-amqp: --out-dir {args.out_dir} is the input folder and the conversion "
             "changes files there; pass another --out-dir (nothing written)",
@@ -395,8 +394,9 @@ def cmd_kamailio_convert(args: argparse.Namespace) -> int:
         print(line)
     for warning in result.warnings:
         print(f"warning: {warning}")
-    print(f"wrote {args.out_dir}: {len(result.files)} files, {len(links)} links to "
-          "unchanged includes")
+    print(
+        f"wrote {args.out_dir}: {len(result.files)} files, {len(links)} links to unchanged includes"
+    )
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -51,14 +52,20 @@ from kazoo_amqp.core.subscription import (
     parse_subscription,
     subscription_from_args,
 )
-from kazoo_amqp.errors import KazooError, UsageError
+from kazoo_amqp.errors import ConfigError, KazooError, UsageError
 from kazoo_amqp.ipc.server import IpcServer
 from kazoo_amqp.kamailio_sink.sink import KamailioSink
 from kazoo_amqp.obs import systemd
 from kazoo_amqp.obs.service import Observer
 from kazoo_amqp.workers.context import Kz
 from kazoo_amqp.workers.pool import WorkerPool, default_env
-from kazoo_amqp.workers.router import Router, find_callback, find_router, load_routes_module
+from kazoo_amqp.workers.router import (
+    Router,
+    find_callback,
+    find_router,
+    has_router,
+    load_routes_module,
+)
 
 log = logging.getLogger("kazoo_amqp.daemon")
 
@@ -98,12 +105,36 @@ def run_mod_init(settings: Settings) -> list[Subscription]:
         return []
     module = load_routes_module(settings.routes)
     router: Router = find_router(module)
-    handler = (
-        find_callback(module, settings.event_callback)
-        if settings.event_callback
-        else router.get(MOD_INIT)
-    )
-    subscriptions = mod_init(handler, settings)
+    if settings.event_callback:
+        handler = find_callback(module, settings.event_callback)
+    else:
+        if not has_router(module):
+            raise ConfigError(
+                f"routes {settings.routes!r} defines no Router, so no event route would ever "
+                "run: add `from kazoo_amqp import Router` and `router = Router()` with "
+                "@router.route(...) handlers, or set event_callback to a function of it",
+                key="routes",
+            )
+        if not len(router):
+            log.warning(
+                "routes %r: its Router has no routes, so nothing is subscribed and no event "
+                "route runs; add @router.route('kazoo:mod-init') and event routes",
+                settings.routes,
+            )
+        handler = router.get(MOD_INIT)
+    route = settings.event_callback or MOD_INIT
+    try:
+        subscriptions = mod_init(handler, settings)
+    except KazooError as exc:
+        raise ConfigError(
+            f"{route} in {settings.routes!r} failed: {type(exc).__name__}: {exc}",
+            key="routes",
+        ) from None
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(
+            f"{route} in {settings.routes!r} raised {type(exc).__name__}: {exc}{_where(exc)}",
+            key="routes",
+        ) from None
     log.info("kazoo:mod-init declared %d subscriptions", len(subscriptions))
     return subscriptions
 
@@ -119,6 +150,16 @@ def mod_init(handler: Any, settings: Settings) -> list[Subscription]:
         if inspect.isawaitable(result):
             asyncio.run(_await(result))
     return services.subscriptions
+
+
+def _where(exc: BaseException) -> str:
+    """`` at routes.py:12`` for the innermost frame of the exception (one line, no traceback)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
 async def _await(awaitable: Any) -> None:
@@ -294,7 +335,12 @@ class Daemon:
             else None
         )
         self.ipc = IpcServer(
-            settings.socket, self.backend, max_frame=settings.max_message_bytes + 65536
+            settings.socket,
+            self.backend,
+            max_frame=settings.max_message_bytes + 65536,
+            max_pending_bytes=settings.socket_pending_bytes,
+            socket_mode=settings.socket_mode,
+            socket_group=settings.socket_group,
         )
         self._stop = asyncio.Event()
         self._stopping = False

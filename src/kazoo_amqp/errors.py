@@ -22,6 +22,7 @@ This module imports nothing of ours, so every layer (and the stdlib-only
     │   │                          (also a NotConnected: what callers caught before it existed)
     │   └── BrokerRefused      the broker closed a channel or connection (reply code)
     ├── QueryTimeout           no correlated reply within the timeout
+    ├── OutcomeUnknown         the daemon did not answer in time: the call may have been carried out
     ├── ProtocolError          a malformed frame on the local socket or a worker pipe
     ├── ShuttingDown           the daemon is stopping; the call was not carried out
     └── PresenceError          writing presentity state
@@ -135,6 +136,15 @@ class QueryTimeout(KazooError):
         self.timeout_ms = timeout_ms
 
 
+class OutcomeUnknown(KazooError):
+    """The daemon took the request but gave no answer within the client's wait.
+
+    The request may still be carried out (a confirmed publish may yet reach the broker): do
+    not treat it as failed, and do not blindly send it again unless duplicates are harmless.
+    Not a :class:`NotConnected`: the daemon was reached.
+    """
+
+
 class ProtocolError(KazooError):
     """A frame on the local API socket or a worker pipe is malformed."""
 
@@ -184,6 +194,7 @@ ERRORS_BY_NAME: dict[str, type[KazooError]] = {
         ChannelClosedRetry,
         PublishNacked,
         QueryTimeout,
+        OutcomeUnknown,
         ProtocolError,
         ShuttingDown,
         PresenceError,

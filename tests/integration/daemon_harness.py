@@ -184,7 +184,13 @@ class DaemonProcess:
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
+        events = []
+        for line in self.events_path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                break  # the last line is still being written (a 3 MB record): read it next time
+        return events
 
     def wait_events(
         self, count: int, timeout: float = 10.0, route: str | None = None

@@ -91,6 +91,9 @@ DEFAULTS: list[tuple[str, object]] = [
     ("max_redeliveries", 2),
     ("reconnect_min_ms", 100),
     ("reconnect_max_ms", 10000),
+    ("socket_mode", 0o660),
+    ("socket_group", None),
+    ("socket_pending_bytes", 64 * 1024 * 1024),
     ("encode_high_bytes", "utf8"),
     ("late_replies", "drop"),
     ("kamailio_rpc", None),
@@ -363,9 +366,9 @@ def test_error_message_names_key_value_meaning_and_example() -> None:
         ("pua_lock_type", 3, "must be an integer from 0 to 2"),
         ("prefetch", 0, "must be an integer from 1 to 65535"),
         ("publish_buffer_size", -1, "must be a non-negative integer"),
-        ("publish_buffer_timeout_ms", 0, "must be a positive integer"),
-        ("publish_confirm_timeout_ms", 0, "must be a positive integer"),
-        ("handler_timeout_ms", 0, "must be a positive integer"),
+        ("publish_buffer_timeout_ms", 0, "must be an integer from 1 to 86400000"),
+        ("publish_confirm_timeout_ms", 0, "must be an integer from 1 to 86400000"),
+        ("handler_timeout_ms", 0, "must be an integer from 1 to 86400000"),
         ("max_message_bytes", 0, "must be a positive integer"),
         ("max_redeliveries", -1, "must be a non-negative integer"),
         ("amqp_internal_loop_count", 0, "must be a positive integer"),
@@ -491,9 +494,9 @@ def test_timer_pair_becomes_seconds(data: dict[str, Any], field: str, seconds: f
     [
         ({"amqp_query_timeout_micro": 1_000_000}, "amqp_query_timeout_micro", "from 0 to 999999"),
         ({"amqp_query_timeout_micro": -1}, "amqp_query_timeout_micro", "from 0 to 999999"),
-        ({"amqp_query_timeout_sec": -1}, "amqp_query_timeout_sec", "non-negative integer"),
-        ({"amqp_query_timeout_sec": 1.5}, "amqp_query_timeout_sec", "non-negative integer"),
-        ({"amqp_query_timeout_sec": "2"}, "amqp_query_timeout_sec", "non-negative integer"),
+        ({"amqp_query_timeout_sec": -1}, "amqp_query_timeout_sec", "an integer from 0 to 86400"),
+        ({"amqp_query_timeout_sec": 1.5}, "amqp_query_timeout_sec", "an integer from 0 to 86400"),
+        ({"amqp_query_timeout_sec": "2"}, "amqp_query_timeout_sec", "an integer from 0 to 86400"),
         ({"amqp_query_timeout_sec": 0}, "amqp_query_timeout_sec", "never waits forever"),
         (
             {"amqp_query_timeout_sec": 0, "amqp_query_timeout_micro": 0},
@@ -825,3 +828,48 @@ def test_settings_are_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.prefetch = 1  # type: ignore[misc]
     assert hash(result) == hash(settings())
+
+
+# --------------------------------------------------------------------------------------------
+# issue 8: every duration bounded; socket permissions
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"publish_buffer_timeout_ms": 10**30}, "publish_buffer_timeout_ms"),
+        ({"publish_confirm_timeout_ms": 86_400_001}, "publish_confirm_timeout_ms"),
+        ({"handler_timeout_ms": 10**18}, "handler_timeout_ms"),
+        ({"reconnect_min_ms": 10**12, "reconnect_max_ms": 10**12}, "reconnect_min_ms"),
+        ({"amqp_query_timeout": 1e30}, "amqp_query_timeout"),
+        ({"amqp_query_timeout": 601}, "amqp_query_timeout"),
+        ({"amqp_query_timeout_sec": 10**9}, "amqp_query_timeout_sec"),
+        ({"amqp_connect_timeout": 1e12}, "amqp_connect_timeout"),
+    ],
+)
+def test_a_duration_over_its_upper_bound_is_a_config_error(data: dict[str, Any], key: str) -> None:
+    err = config_error(**data)
+    assert err.key == key
+    assert "limit" in str(err) or "from" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [(0o600, 0o600), ("0660", 0o660), ("0o770", 0o770), (0o777, 0o777)]
+)
+def test_socket_mode_takes_an_integer_or_an_octal_string(value: object, mode: int) -> None:
+    assert settings(socket_mode=value).socket_mode == mode
+
+
+@pytest.mark.parametrize("value", [0o1777, 0o066, "rw", "", True, -1, 1.5])
+def test_socket_mode_refuses_what_is_not_owner_readable_permission_bits(value: object) -> None:
+    assert config_error(socket_mode=value).key == "socket_mode"
+
+
+@pytest.mark.parametrize(("value", "group"), [("kamailio", "kamailio"), (115, 115)])
+def test_socket_group_is_a_name_or_a_gid(value: object, group: object) -> None:
+    assert settings(socket_group=value).socket_group == group
+
+
+@pytest.mark.parametrize("value", ["", -1, True, ["kamailio"]])
+def test_socket_group_refuses_other_values(value: object) -> None:
+    assert config_error(socket_group=value).key == "socket_group"

@@ -23,6 +23,7 @@ from kazoo_amqp.errors import (
     ConfigError,
     KazooError,
     NotConnected,
+    OutcomeUnknown,
     ProtocolError,
     PublishFailed,
     QueryTimeout,
@@ -365,13 +366,40 @@ def test_client_works_in_a_forked_child(
 
 
 def test_client_gives_up_on_a_silent_daemon(
-    make_client: Callable[..., Client], threaded: ThreadedServer, sock_path: str
+    make_client: Callable[..., Client],
+    threaded: ThreadedServer,
+    sock_path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kz = make_client(timeout=0.2)
-    with pytest.raises(NotConnected, match=r"did not answer the publish within 0\.2 s"):
+    monkeypatch.setattr(request_module, "CONFIRM_WAIT", 0.2)
+    kz = make_client(timeout=0.1)
+    with pytest.raises(OutcomeUnknown, match=r"may have been carried out.*within 0\.2 s") as info:
         kz.publish("e", "sleep.1", {}, confirm=True)
+    # the daemon was reached: the caller must not read this as "no broker, not sent"
+    assert not isinstance(info.value, NotConnected)
     # the abandoned connection was dropped; the next call uses a fresh one
     assert kz.publish("e", "ok", {})["msg_id"]
+
+
+def test_confirmed_publish_waits_longer_than_the_daemons_default_deadline() -> None:
+    """Issue 8: a publish held in the daemon's buffer through a memory alarm must get the
+    daemon's verdict, not the client's 5 s NotConnected guess."""
+    from kazoo_amqp.core.config import Settings
+
+    fields = Settings.__dataclass_fields__
+    deadline = (
+        fields["publish_buffer_timeout_ms"].default + fields["publish_confirm_timeout_ms"].default
+    ) / 1000
+    assert isinstance(deadline, float)
+    for call in (
+        request_module.publish("e", "k", {}, confirm=True),
+        request_module.publish_batch(
+            [{"exchange": "e", "routing_key": "k", "payload": {}, "confirm": True}]
+        ),
+    ):
+        assert call.wait_with(5.0) > deadline
+    assert request_module.publish("e", "k", {}).wait_with(5.0) == 5.0
+    assert request_module.query("e", "k", {}, timeout_ms=100).wait_with(5.0) < 5.0
 
 
 def test_client_query_waits_timeout_plus_margin(
@@ -865,3 +893,89 @@ async def test_replies_queued_before_a_broken_length_prefix_are_still_sent(
     assert by_id[None].error_type == "ProtocolError"
     assert by_id[1].ok and by_id[1].result["confirmed"]  # answered before the close
     sock.close()
+
+
+# ====================================================================== issue 8: bad input
+
+
+async def test_start_refuses_a_directory_others_can_write_without_the_sticky_bit(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    server = IpcServer(str(shared / "s.sock"), FakeBackend(), max_frame=MAX_FRAME)
+    with pytest.raises(ConfigError, match=r"writable by every user .*chmod o-w") as info:
+        await server.start()
+    assert info.value.key == "socket" and not (shared / "s.sock").exists()
+    os.chmod(shared, 0o1777)  # /tmp-like: others cannot replace our file
+    await server.start()
+    await server.stop(0.1)
+
+
+async def test_socket_mode_and_group_are_applied_after_bind(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    gid = os.getgid()
+    server = IpcServer(
+        str(path), FakeBackend(), max_frame=MAX_FRAME, socket_mode=0o600, socket_group=gid
+    )
+    await server.start()
+    try:
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_gid == gid
+    finally:
+        await server.stop(0.1)
+    import grp
+
+    name = grp.getgrgid(gid).gr_name
+    server = IpcServer(str(path), FakeBackend(), max_frame=MAX_FRAME, socket_group=name)
+    await server.start()
+    try:
+        assert os.stat(path).st_gid == gid
+    finally:
+        await server.stop(0.1)
+
+
+async def test_an_unknown_socket_group_is_a_config_error(tmp_path: Path) -> None:
+    server = IpcServer(
+        str(tmp_path / "s.sock"), FakeBackend(), max_frame=MAX_FRAME, socket_group="no-such-grp"
+    )
+    with pytest.raises(ConfigError, match="no such group") as info:
+        await server.start()
+    assert info.value.key == "socket_group"
+
+
+async def test_unfinished_frames_over_the_total_budget_drop_the_connection_that_crosses_it(
+    sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 8: 20 connections each holding an unfinished 16 MB frame took the manager to
+    343 MB. Each connection stays under the frame limit; the total is what is capped."""
+    server = IpcServer(sock_path, FakeBackend(), max_frame=MAX_FRAME, max_pending_bytes=350_000)
+    await server.start()
+    socks = [await asyncio.to_thread(raw_connect, sock_path) for _ in range(4)]
+    try:
+        chunk = b"x" * 100_000
+        header = (MAX_FRAME - 1).to_bytes(4, "big")  # announces almost 1 MiB, under the limit
+        for sock in socks[:3]:
+            sock.sendall(header + chunk)
+        await asyncio.sleep(0.1)
+        assert server.stats.pending_bytes == 3 * (100_004)
+        assert server.stats.dropped_for_memory == 0
+        socks[3].sendall(header + chunk)
+        [reply] = await async_read_responses(socks[3], 1)
+        assert reply.error_type == "ProtocolError" and "socket_pending_bytes" in reply.error_message
+        assert await asyncio.to_thread(socks[3].recv, 10) == b""  # closed
+        assert server.stats.dropped_for_memory == 1
+        assert server.stats.pending_bytes == 3 * 100_004
+        assert "over socket_pending_bytes = 350000" in caplog.text
+        # the others still work once they finish their frame
+        socks[0].close()
+        await asyncio.sleep(0.1)
+        assert server.stats.pending_bytes == 2 * 100_004
+        async with AsyncClient(sock_path) as kz:
+            assert await kz.ping()
+    finally:
+        for sock in socks:
+            sock.close()
+        await server.stop(0.1)
+    assert server.stats.pending_bytes == 0

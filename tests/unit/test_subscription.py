@@ -465,6 +465,36 @@ def test_bad_declare_args_are_a_usage_error(fields: dict[str, Any], fragment: st
         parse_subscription({**BLF, **fields})
 
 
+# issue 8: text that cannot be sent as UTF-8 is refused up front, naming the field
+
+
+@pytest.mark.parametrize(
+    ("desc", "field"),
+    [
+        ({"exchange": "ex\ud800", "queue": "q"}, "'exchange'"),
+        ({"queue": "q", "routing": ["a", "b\udcff"]}, "'routing'[1]"),
+        ({"queue": "q", "queue-args": {"x-dead-letter-exchange": "\ud800"}}, "x-dead-letter"),
+        ('{"queue": "q", "event_key": "\\ud800"}', "'event_key'"),
+    ],
+)
+def test_a_lone_surrogate_in_a_description_is_a_usage_error_naming_the_field(
+    desc: object, field: str
+) -> None:
+    with pytest.raises(UsageError, match="lone surrogate") as info:
+        parse_subscription(desc)  # type: ignore[arg-type]
+    assert field in str(info.value)
+
+
+def test_a_description_nested_too_deeply_is_a_usage_error() -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(200):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    with pytest.raises(UsageError, match="nested"):
+        parse_subscription({"queue": "q", "queue-args": deep})
+
+
 QUORUM = {**BLF, "durable": 1, "auto_delete": 0, "queue-args": {"x-queue-type": "quorum"}}
 
 

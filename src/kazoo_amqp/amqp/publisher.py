@@ -68,6 +68,7 @@ from kazoo_amqp.core.config import Settings
 from kazoo_amqp.core.headers import parse_headers, rejected_segments
 from kazoo_amqp.core.message import (
     check_routing_key,
+    check_text,
     inject_common_fields,
     inject_server_id,
     server_id_for,
@@ -184,9 +185,7 @@ class Publisher:
         self._retry: list[Outgoing] = []  # failed retryably; go back to the front of the buffer
         self._nacked: dict[Outgoing, asyncio.TimerHandle] = {}  # nacked, waiting to be re-sent
         # (deadline, confirm, connection written to, link): what the sweeper watches
-        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = (
-            collections.deque()
-        )
+        self._confirms: collections.deque[tuple[float, Any, Connection, Link]] = collections.deque()
         self._unconfirmed = 0
         self._flush_scheduled = False
         self._closing = False
@@ -337,7 +336,7 @@ class Publisher:
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
         doc = dict(payload) if isinstance(payload, dict) else jsonc.loads_object(payload)
-        if len(exchange.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
+        if len(check_text("exchange name", exchange)) > _MAX_NAME_BYTES:
             raise UsageError(
                 f"exchange name {exchange[:40]!r}… is over {_MAX_NAME_BYTES} bytes: shorten it"
             )
@@ -355,6 +354,7 @@ class Publisher:
             )
         hdrs = parse_headers(headers) if headers else ()
         if headers:
+            check_text("AMQP headers", headers)
             for bad in rejected_segments(headers):
                 log.warning("AMQP header segment %r ignored: write name=value", bad)
         s = self.settings

@@ -79,6 +79,11 @@ _CASELESS = ("log_level", "log_format")
 DEFAULT_CONNECTION = "amqp://guest:guest@127.0.0.1:5672"
 _MAX_WORKERS = 1024
 _MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the NUL
+#: Upper bound of every duration key (24 h): a longer one is a typo, and some event loops
+#: overflow on timers of 1e30 s (issue 8: every caller-supplied duration is bounded).
+_MAX_DURATION_MS = 86_400_000
+#: ``amqp_query_timeout`` may not exceed a query's own largest ``timeout_ms`` (10 minutes).
+_MAX_QUERY_TIMEOUT_S = 600.0
 _SHOWN_MAX = 100  # longest value quoted in an error message
 _DB_SCHEMES = ("sqlite", "postgres", "postgresql", "mysql")
 
@@ -147,6 +152,9 @@ class Settings:
     max_redeliveries: int = 2
     reconnect_min_ms: int = 100
     reconnect_max_ms: int = 10000
+    socket_mode: int = 0o660
+    socket_group: str | int | None = None
+    socket_pending_bytes: int = 64 * 1024 * 1024
     encode_high_bytes: EncodeHighBytes = "utf8"
     late_replies: LateReplies = "drop"
     kamailio_rpc: str | None = None
@@ -281,6 +289,8 @@ def settings_from_mapping(
     return Settings(
         brokers=brokers,
         socket=_socket(r, base_dir),
+        socket_mode=_socket_mode(r),
+        socket_group=_socket_group(r),
         db_url=_db_url(r, base_dir),
         app_version=r.string(
             "app_version", default_app_version, meaning=_what("app_version"), nonempty=True
@@ -486,8 +496,14 @@ class _Reader:
             ):
                 kind = "a non-negative" if zero_ok else "a positive"
                 raise self.error(whole, f"must be {kind} number of seconds", f"{default:g}")
-            return float(value)
-        sec = self.integer(sec_key, default_sec, minimum=0, meaning=f"whole seconds of {name}")
+            return self._bounded_timer(whole, name, float(value), default)
+        sec = self.integer(
+            sec_key,
+            default_sec,
+            minimum=0,
+            maximum=_MAX_DURATION_MS // 1000,
+            meaning=f"whole seconds of {name}",
+        )
         micro = self.integer(
             micro_key,
             default_micro,
@@ -512,7 +528,15 @@ class _Reader:
                 f"{sec_key} = {default_sec} and {micro_key} = {default_micro}",
                 key=key,
             )
-        return total
+        return self._bounded_timer(sec_key, name, total, default)
+
+    def _bounded_timer(self, key: str, name: str, seconds: float, default: float) -> float:
+        limit = _MAX_QUERY_TIMEOUT_S if name == "amqp_query_timeout" else _MAX_DURATION_MS / 1000
+        if seconds > limit:
+            raise self.error(
+                key, f"makes {name} {seconds:g} s, over its limit of {limit:g} s", f"{default:g}"
+            )
+        return seconds
 
 
 def _what(name: str) -> str:
@@ -663,6 +687,45 @@ def _socket(r: _Reader, base_dir: str) -> str:
             '"/run/kazoo-amqp/kazoo-amqp.sock"',
         )
     return path
+
+
+def _socket_mode(r: _Reader) -> int:
+    """``socket_mode``: permission bits of the socket file, an integer (TOML ``0o660``) or an
+    octal string (``"0660"``); owner read/write is required (the daemon's own CLI uses it)."""
+    key = "socket_mode"
+    if key not in r.data:
+        return 0o660
+    value = r.data[key]
+    mode: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    elif isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if text and len(text) <= 4 and all(c in "01234567" for c in text):
+            mode = int(text, 8)
+    if mode is None or not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise r.error(
+            key,
+            "must be permission bits from 0o600 to 0o777 with owner read/write, as 0o660 or "
+            '"0660" (who may connect to the local socket)',
+            "0o660",
+        )
+    return mode
+
+
+def _socket_group(r: _Reader) -> str | int | None:
+    """``socket_group``: the group (name or gid) given to the socket file, e.g. Kamailio's."""
+    key = "socket_group"
+    if key not in r.data:
+        return None
+    value = r.data[key]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return value
+    if isinstance(value, str) and value and "\x00" not in value and len(value) <= 256:
+        return value
+    raise r.error(
+        key, "must be a group name or a numeric gid (the group of Kamailio's user)", '"kamailio"'
+    )
 
 
 def _db_url(r: _Reader, base_dir: str) -> str:

@@ -160,18 +160,19 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("amqps_verify_hostname", "flag", True, "Check the broker's host name in its "
         "certificate.", BROKERS),
     Key("reconnect_min_ms", "int", 100, "First delay between reconnect attempts, in "
-        "milliseconds.", BROKERS, minimum=1, c_module=False),
+        "milliseconds.", BROKERS, minimum=1, maximum=86_400_000, c_module=False),
     Key("reconnect_max_ms", "int", 10000, "Longest delay between reconnect attempts, in "
-        "milliseconds (not less than reconnect_min_ms).", BROKERS, minimum=1, c_module=False),
+        "milliseconds (not less than reconnect_min_ms).", BROKERS, minimum=1,
+        maximum=86_400_000, c_module=False),
     # ---- publishing and queries
     Key("amqp_query_timeout", "seconds", 2.0, "Default reply timeout of kz.query; a call can "
         "pass its own timeout_ms. 0 is refused (kazoo-amqp never waits forever).", PUBLISH),
     Key("publish_buffer_size", "int", 10000, "Messages kept while no broker is reachable "
         "(0 = none).", PUBLISH, minimum=0, c_module=False),
     Key("publish_buffer_timeout_ms", "int", 10000, "How long a buffered message may wait for a "
-        "broker, in milliseconds.", PUBLISH, minimum=1, c_module=False),
+        "broker, in milliseconds.", PUBLISH, minimum=1, maximum=86_400_000, c_module=False),
     Key("publish_confirm_timeout_ms", "int", 5000, "How long to wait for the broker's publish "
-        "confirm, in milliseconds.", PUBLISH, minimum=1, c_module=False),
+        "confirm, in milliseconds.", PUBLISH, minimum=1, maximum=86_400_000, c_module=False),
     Key("publish_persistent", "flag", False, "Default delivery mode of published messages: "
         "false = transient (delivery_mode 1, like the C module), true = persistent "
         "(delivery_mode 2). A publish can choose per call.", PUBLISH, c_module=False),
@@ -203,7 +204,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("prefetch", "int", 256, "Unacknowledged deliveries per consumer (a subscription may set "
         "its own \"prefetch\").", CONSUME, minimum=1, maximum=65535, c_module=False),
     Key("handler_timeout_ms", "int", 30000, "Longest run of one event route, in milliseconds.",
-        CONSUME, minimum=1, c_module=False),
+        CONSUME, minimum=1, maximum=86_400_000, c_module=False),
     Key("max_redeliveries", "int", 2, "Times a delivery is retried after its worker died.",
         CONSUME, minimum=0, c_module=False),
     # ---- presence
@@ -222,6 +223,17 @@ KEYS: Final[tuple[Key, ...]] = (
     # ---- this daemon
     Key("socket", "special", "kazoo-amqp.sock", "The local API socket that Kamailio "
         "(app_python3), the CLI and handlers use (relative to this file).", DAEMON,
+        c_module=False),
+    Key("socket_mode", "special", "0660", "Permission bits of the socket file (chmod after "
+        "bind), as 0o660 or \"0660\"; owner read/write is required. Whoever can connect can "
+        "publish and query.", DAEMON, c_module=False),
+    Key("socket_group", "special", None, "Group of the socket file (chown after bind), a name "
+        "or a gid: the group of Kamailio's user. The daemon's user must be a member (or root). "
+        "The socket's directory must not be writable by others without the sticky bit.",
+        DAEMON, example='"kamailio"', c_module=False),
+    Key("socket_pending_bytes", "int", 64 * 1024 * 1024, "Bytes of unfinished request frames "
+        "held over all socket connections; the connection that would pass it is closed "
+        "(logged, counted in status ipc.dropped_for_memory).", DAEMON, minimum=1,
         c_module=False),
     Key("log_level", "choice", "info", "Log level.", DAEMON,
         choices=("debug", "info", "warning", "error", "critical"), c_module=False),

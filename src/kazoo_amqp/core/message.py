@@ -36,9 +36,23 @@ def reply_queue_name(node_hostname: str, server_id: int, index: int = 0) -> str:
     return f"kamailio@{node_hostname}-<{server_id}-{index}>"
 
 
+def check_text(what: str, text: str, error: type[UsageError] = UsageError) -> bytes:
+    """``text`` as UTF-8; ``error`` naming ``what`` (e.g. "exchange name") when it holds a lone
+    surrogate or anything else UTF-8 cannot carry (AMQP short and long strings are UTF-8)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{what} {text[:40]!r} is not valid Unicode (a lone surrogate at position "
+            f"{exc.start}), so it cannot be sent to the broker as UTF-8: fix the text, e.g. "
+            "decode bytes with errors='replace'"
+        ) from None
+
+
 def check_routing_key(routing_key: str) -> bytes:
-    """Return the key as UTF-8 bytes, or raise ``BadRoutingKey`` when it is over 255 bytes."""
-    raw = routing_key.encode("utf-8", "surrogatepass")
+    """Return the key as UTF-8 bytes, or raise ``BadRoutingKey`` when it is over 255 bytes or
+    not valid Unicode."""
+    raw = check_text("routing key", routing_key, BadRoutingKey)
     if len(raw) > MAX_ROUTING_KEY_BYTES:
         raise BadRoutingKey(
             f"routing key is {len(raw)} bytes; AMQP allows at most {MAX_ROUTING_KEY_BYTES}: "

@@ -151,6 +151,7 @@ def parse_subscription(desc: Mapping[str, Any] | str) -> Subscription:
         raise UsageError(
             f"kazoo_subscribe: the description must be a JSON object, got {_kind(root)}"
         )
+    _check_text(root, "description", 0)
     warnings: list[str] = []
 
     exchange_src = _def_object(root, "exchange-def")
@@ -275,6 +276,33 @@ def _arguments(root: Mapping[str, Any], key: str) -> dict[str, Any]:
                 f"object or array, got {_kind(item)}"
             )
     return dict(value)
+
+
+#: Nesting a description may have (objects and arrays); deeper is refused, not recursed into.
+_MAX_DEPTH = 32
+
+
+def _check_text(value: object, where: str, depth: int) -> None:
+    """Every string (and key) must be sendable as UTF-8: a lone surrogate would otherwise fail
+    deep in the AMQP layer, at every connect. Raises UsageError naming the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UsageError(
+                f"kazoo_subscribe: {where} {value[:40]!r} is not valid Unicode (a lone surrogate "
+                f"at position {exc.start}); it cannot be declared on the broker: fix the text"
+            ) from None
+        return
+    if depth >= _MAX_DEPTH and (isinstance(value, Mapping) or _is_array(value)):
+        raise UsageError(f"kazoo_subscribe: {where} is nested over {_MAX_DEPTH} levels deep")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_text(key, f"key in {where}", depth + 1)
+            _check_text(item, repr(key) if depth == 0 else f"{where}.{key}", depth + 1)
+    elif _is_array(value):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]", depth + 1)
 
 
 def _is_table_value(value: object) -> bool:

@@ -297,7 +297,7 @@ class AsyncClient:
         future: asyncio.Future[Response] = loop.create_future()
         protocol.pending[request_id] = future
         protocol.send(frame)
-        wait = call.wait or self._timeout
+        wait = call.wait_with(self._timeout)
         protocol.expire_at(loop.time() + wait, request_id, call.op, wait)
         try:
             response = await future

@@ -237,7 +237,7 @@ class Client:
         with self._lock:
             request_id, frame = self._stream.encode(call)
             sock = self._send(frame, request_id, op)
-            response = self._wait(sock, request_id, op, call.wait or self._timeout)
+            response = self._wait(sock, request_id, op, call.wait_with(self._timeout))
             self._unread = 0  # the answers before ours were read on the way
         return call.outcome(response)
 

@@ -39,12 +39,14 @@ from kazoo_amqp.errors import (
     BadPayload,
     KazooError,
     NotConnected,
+    OutcomeUnknown,
     ProtocolError,
     QueryTimeout,
     UsageError,
 )
 
 __all__ = [
+    "CONFIRM_WAIT",
     "DEFAULT_QUERY_WAIT",
     "QUERY_WAIT_MARGIN",
     "Call",
@@ -72,6 +74,13 @@ QUERY_WAIT_MARGIN = 2.0
 #: Seconds the client waits for a query reply when ``timeout_ms`` is None or 0 (the daemon
 #: applies its own default then, 2 s unless configured).
 DEFAULT_QUERY_WAIT = 10.0
+
+#: Seconds the client waits for the answer to a publish with ``confirm=True``: longer than the
+#: daemon's default deadline for it (``publish_buffer_timeout_ms`` 10 s, then
+#: ``publish_confirm_timeout_ms`` 5 s), so a publish held through a broker outage or a memory
+#: alarm gets the daemon's verdict, not a client-side guess. A daemon configured with longer
+#: deadlines may be outlasted; the client then raises ``OutcomeUnknown`` (never NotConnected).
+CONFIRM_WAIT = 20.0
 
 _ID_MASK = 0x7FFFFFFF
 
@@ -105,6 +114,17 @@ class Call(Generic[T]):
         self.fields = fields
         self.finish = finish
         self.wait = wait
+
+    def wait_with(self, default: float) -> float:
+        """Seconds to wait for the answer with a client whose ``timeout`` is ``default``: a
+        query's own wait; for a confirmed publish the longer of the two (it must outlast the
+        daemon's buffer deadline); else ``default``."""
+        wait = self.wait
+        if wait is None:
+            return default
+        if self.op == "query":
+            return wait
+        return max(wait, default)
 
     def outcome(self, response: Response) -> T:
         """The return value for ``response``, or raise the typed error it carries."""
@@ -288,7 +308,7 @@ def publish(
     fields = _publish_fields(
         exchange, routing_key, payload, headers, mandatory, confirm, persistent
     )
-    return Call("publish", fields, _publish_result)
+    return Call("publish", fields, _publish_result, CONFIRM_WAIT if confirm else None)
 
 
 def publish_batch(
@@ -327,7 +347,8 @@ def publish_batch(
     fields: dict[str, Any] = {"messages": items}
     if _flag("confirm", confirm):
         fields["confirm"] = True
-    return Call("publish_batch", fields, _batch_result)
+    confirmed = bool(fields.get("confirm")) or any(item.get("confirm") for item in items)
+    return Call("publish_batch", fields, _batch_result, CONFIRM_WAIT if confirmed else None)
 
 
 def query(
@@ -440,13 +461,16 @@ def lost(path: str, op: str) -> NotConnected:
 
 
 def no_answer(path: str, op: str, wait: float) -> KazooError:
-    """No answer within ``wait`` seconds: QueryTimeout for a query, else NotConnected."""
+    """No answer within ``wait`` seconds: QueryTimeout for a query, else OutcomeUnknown (the
+    daemon was reached and may still carry the request out: not NotConnected)."""
     if op == "query":
         return QueryTimeout(
             f"the kazoo-amqp daemon on {path} gave no answer to the query within {wait:g} s",
             timeout_ms=wait * 1000.0,
         )
-    return NotConnected(
-        f"the kazoo-amqp daemon on {path} did not answer the {op} within {wait:g} s; "
-        "it may or may not have been carried out"
+    return OutcomeUnknown(
+        f"timed out, may have been carried out: the kazoo-amqp daemon on {path} did not answer "
+        f"the {op} within {wait:g} s (for a publish with confirm=True the daemon may still "
+        "deliver it; raise the client's timeout= above the daemon's publish_buffer_timeout_ms + "
+        "publish_confirm_timeout_ms)"
     )

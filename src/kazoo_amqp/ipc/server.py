@@ -20,6 +20,11 @@ stream: the request path is a callback and a dict lookup). Rules of this file:
   transport's write buffer is over its high-water mark). Memory per connection stays bounded.
 * **Coalesced writes.** Replies produced while handling one read, or finished in the same loop
   iteration, leave in one ``write`` (:class:`~kazoo_amqp.aio.WriteCoalescer`).
+* **Bounded held bytes.** Bytes of unfinished frames (a length prefix announcing more than has
+  arrived) count against ``max_pending_bytes`` over all connections together; one connection
+  holds at most ``max_frame`` of them (the decoder's limit). The connection whose read would
+  push the total over the budget gets a ``ProtocolError`` reply naming ``socket_pending_bytes``
+  and is closed; it is logged and counted (``dropped_for_memory``).
 * **Never crash on a peer.** A frame that is not a valid request (not UTF-8, not JSON, nested
   too deeply, wrong fields, a ``timeout_ms`` over the limit) gets a ``ProtocolError`` reply
   (``"id": null`` when the id could not be read), is counted and logged with the peer's pid,
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import grp
 import logging
 import os
 import socket
@@ -62,7 +68,7 @@ from kazoo_amqp.core.wire import (
     error_object,
     error_type_name,
 )
-from kazoo_amqp.errors import ConfigError, KazooError, ShuttingDown
+from kazoo_amqp.errors import ConfigError, KazooError, ProtocolError, ShuttingDown
 
 __all__ = ["Backend", "IpcServer", "IpcStats"]
 
@@ -176,6 +182,11 @@ class IpcStats:
     """Error replies sent, by error class name."""
     malformed_frames: int = 0
     """Frames that were not a valid request (including broken length prefixes)."""
+    pending_bytes: int = 0
+    """Bytes of unfinished frames held now, over all connections."""
+    dropped_for_memory: int = 0
+    """Connections closed because their unfinished frames pushed ``pending_bytes`` over the
+    budget (``socket_pending_bytes``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -185,6 +196,8 @@ class IpcStats:
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "malformed_frames": self.malformed_frames,
+            "pending_bytes": self.pending_bytes,
+            "dropped_for_memory": self.dropped_for_memory,
         }
 
 
@@ -203,13 +216,21 @@ class IpcServer:
         *,
         max_frame: int,
         max_inflight_per_connection: int = 1024,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        socket_mode: int = _SOCKET_MODE,
+        socket_group: str | int | None = None,
     ) -> None:
         if max_inflight_per_connection < 1:
             raise ValueError("max_inflight_per_connection must be at least 1")
+        if max_pending_bytes < 1:
+            raise ValueError("max_pending_bytes must be at least 1")
         self._path = path
         self._backend = backend
         self._max_frame = max_frame
         self._max_inflight = max_inflight_per_connection
+        self._max_pending = max_pending_bytes
+        self._socket_mode = socket_mode
+        self._socket_group = socket_group
         self._stats = IpcStats()
         self._server: asyncio.Server | None = None
         self._socket_ident: tuple[int, int] | None = None
@@ -241,8 +262,9 @@ class IpcServer:
         """Bind the socket and start accepting.
 
         Raises:
-            ConfigError: another daemon answers on the socket, the path is not a socket, or the
-                socket cannot be created there.
+            ConfigError: another daemon answers on the socket, the path is not a socket, the
+                socket cannot be created there, its directory is writable by others without
+                the sticky bit, or ``socket_group`` cannot be applied.
         """
         if self._server is not None:
             raise RuntimeError("IpcServer.start() called twice")
@@ -256,12 +278,24 @@ class IpcServer:
                 "create it or set socket = ... in the config",
                 key=_CONFIG_KEY,
             ) from exc
+        _check_directory(parent, path)
+        gid = _resolve_group(self._socket_group)
         await self._clear_stale_socket()
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            os.chmod(path, _SOCKET_MODE)
+            try:
+                if gid is not None:
+                    os.chown(path, -1, gid)
+                os.chmod(path, self._socket_mode)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot give socket {path} group {self._socket_group!r} / mode "
+                    f"{self._socket_mode:#o}: {exc.strerror or exc}; the daemon's user must be "
+                    "a member of socket_group (or run as root)",
+                    key="socket_group" if gid is not None else "socket_mode",
+                ) from exc
             st = os.stat(path)
             self._socket_ident = (st.st_dev, st.st_ino)
             sock.setblocking(False)
@@ -376,6 +410,44 @@ class IpcServer:
             log.warning("cannot remove socket file %s: %s", self._path, exc)
 
 
+def _check_directory(parent: str, path: str) -> None:
+    """Refuse a socket directory others may write to without the sticky bit: another local
+    user could then replace the socket and read the requests of Kamailio's processes."""
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot check the directory {parent} of socket {path}: {exc.strerror or exc}",
+            key=_CONFIG_KEY,
+        ) from exc
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"the directory {parent} of socket {path} is writable by every user (mode "
+            f"{stat.S_IMODE(st.st_mode):#o}) without the sticky bit, so another user could "
+            f"replace the socket: chmod o-w {parent} (or +t), or set socket = ... to a "
+            "directory of the daemon's own, e.g. /run/kazoo-amqp/",
+            key=_CONFIG_KEY,
+        )
+
+
+def _resolve_group(group: str | int | None) -> int | None:
+    """The gid of ``socket_group`` (a name or a number), or None when it is not set."""
+    if group is None:
+        return None
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ConfigError(
+            f"config key 'socket_group' = {group!r}: no such group on this host; give the group "
+            "of Kamailio's user (see `id kamailio`) or a numeric gid",
+            key="socket_group",
+        ) from None
+
+
 def _describe_peer(transport: asyncio.BaseTransport) -> str:
     """``"pid 1234 (kamailio, uid 0)"`` from SO_PEERCRED, for log lines."""
     sock = transport.get_extra_info("socket")
@@ -414,6 +486,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._malformed_logged = 0
+        self._held = 0  # bytes of unfinished frame counted in the server's pending_bytes
         self._eof = False
         self._closed = False
 
@@ -438,6 +511,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._held:
+            self._stats.pending_bytes -= self._held
+            self._held = 0
         self._server._connections.discard(self)
         self._stats.open_connections -= 1
         self._writer.clear()
@@ -455,6 +531,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         frames, broken = self._decoder.feed_some(data)
+        held = self._decoder.buffered
+        if held or self._held:
+            stats = self._stats
+            stats.pending_bytes += held - self._held
+            self._held = held
+            if held and stats.pending_bytes > self._server._max_pending:
+                self._drop_for_memory()
+                return
         # Replies produced while handling this read leave in one write, at release().
         writer = self._writer
         writer.hold()
@@ -474,6 +558,38 @@ class _Connection(asyncio.Protocol):
             writer.release()
         if broken is not None and not self._tasks and not self._backlog:
             self.close()
+
+    def _drop_for_memory(self) -> None:
+        """Close this connection: its unfinished frame pushed the total over the budget."""
+        stats = self._stats
+        held = self._held
+        stats.pending_bytes -= held
+        self._held = 0
+        stats.dropped_for_memory += 1
+        server = self._server
+        log.warning(
+            "closing the connection of %s on %s: it holds %d bytes of an unfinished frame and "
+            "all connections together would hold %d, over socket_pending_bytes = %d",
+            self._peer,
+            server.path,
+            held,
+            stats.pending_bytes + held,
+            server._max_pending,
+        )
+        self._send_error(
+            None,
+            ProtocolError(
+                f"connection closed: {held} bytes of unfinished frames would put the daemon over "
+                f"its socket_pending_bytes budget ({server._max_pending}); send smaller "
+                "messages or finish frames promptly"
+            ),
+        )
+        self._decoder = FrameDecoder(0)
+        self._eof = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+            self._read_paused = True
+        self.close()
 
     def eof_received(self) -> bool | None:
         # The client has shut down its sending side. Keep the transport open until the replies

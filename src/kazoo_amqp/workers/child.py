@@ -21,7 +21,11 @@ Rules of the loop:
   still arrive); deliveries that ran no route (bad message, no route) are not recorded;
 * with JSON logs, ``core.logctx`` holds the message's identity while a route runs (the text
   format does not show it, so it is not set then);
-* EOF on the pipe (the manager is gone) or a stop frame ends the process.
+* EOF on the pipe (the manager is gone) or a stop frame ends the process;
+* when the manager is gone (its end of the pipe hung up, seen at most every millisecond
+  between deliveries, or a write of outcomes fails) the worker stops at once with one log line:
+  the deliveries it still holds are not run, since their acks could no longer reach the broker
+  (the broker delivers them again, to the restarted daemon).
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ log = logging.getLogger("kazoo_amqp.worker")
 _FLUSH_EVERY = 0.05
 #: seconds between two handler-duration reports (``M`` frames) of a busy worker
 STATS_EVERY = 1.0
+#: Seconds between checks that the manager still holds its end of the pipe.
+_HANGUP_CHECK_EVERY = 0.001
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+class _ManagerGone(Exception):
+    """Internal: the manager's end of the pipe is closed."""
+
+
+def _hung_up(poller: select.poll) -> bool:
+    """True when the peer closed its end (readable data may still be buffered)."""
+    return any(events & _HANGUP for _, events in poller.poll(0))
 
 
 class WorkerServices(Services, Protocol):
@@ -87,6 +103,8 @@ class Worker:
         #: handler durations by (route, "ok"|"error"); None when metrics are off
         self.stats = stats
         self._stats_sent = time.monotonic()
+        #: when ``handle_frames`` last asked the poller whether the manager hung up
+        self._hangup_checked = 0.0
         self._stats_dirty = False
         #: route name -> (ok, error) histograms of ``stats`` (the objects survive a drain)
         self._hists: dict[str, tuple[Histogram, Histogram]] = {}
@@ -256,7 +274,10 @@ class Worker:
         frame = pipe.encode_outcomes(self.settle(outcomes))
         if self._stats_dirty and time.monotonic() - self._stats_sent >= STATS_EVERY:
             frame += self._stats_frame()
-        sock.sendall(frame)
+        try:
+            sock.sendall(frame)
+        except OSError as exc:
+            raise _ManagerGone(str(exc)) from None
 
     def _stats_frame(self) -> bytes:
         assert self.stats is not None
@@ -280,13 +301,23 @@ class Worker:
         hists[code != 0].observe(seconds)  # DONE is 0, HANDLER_ERROR 1
         self._stats_dirty = True
 
-    def handle_frames(self, frames: list[bytes], sock: socket.socket) -> bool:
-        """Handle one read's frames and write their outcomes; False after a stop frame."""
+    def handle_frames(
+        self, frames: list[bytes], sock: socket.socket, poller: select.poll | None = None
+    ) -> bool:
+        """Handle one read's frames and write their outcomes; False after a stop frame.
+
+        With ``poller`` (``sock`` registered for hang-ups), raises ``_ManagerGone`` before running
+        a frame once the manager's end is closed (checked at most every millisecond).
+        """
         record = self.stats is not None
         outcomes: list[tuple[int, int]] = []
         mark = last_flush = time.monotonic()
         now = int(time.time())
         for frame in frames:
+            if poller is not None and mark - self._hangup_checked > _HANGUP_CHECK_EVERY:
+                self._hangup_checked = mark
+                if _hung_up(poller):
+                    raise _ManagerGone("its end of the pipe closed")
             msg = pipe.decode_to_worker(frame)
             if isinstance(msg, pipe.DeliveryFrame):
                 code = self.handle_delivery(msg, now)
@@ -314,10 +345,23 @@ class Worker:
         return True
 
     def serve(self, sock: socket.socket) -> None:
+        """Run deliveries from ``sock`` until a stop frame, EOF, or the manager is gone."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        try:
+            self._serve(sock, poller)
+        except _ManagerGone as gone:
+            log.warning(
+                "worker %d: the manager is gone (%s); exiting without running the deliveries "
+                "still buffered: they were not acked and the broker delivers them again",
+                self.index,
+                gone,
+            )
+
+    def _serve(self, sock: socket.socket, poller: select.poll) -> None:
         decoder = FrameDecoder()
         self.services.batching = True
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        self._hangup_checked = time.monotonic()
         while True:
             try:
                 # With handler stats pending, wait no longer than they are due (one poll per
@@ -330,7 +374,7 @@ class Worker:
                 continue
             except OSError:
                 return
-            if not data or not self.handle_frames(decoder.feed(data), sock):
+            if not data or not self.handle_frames(decoder.feed(data), sock, poller):
                 return
 
 

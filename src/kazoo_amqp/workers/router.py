@@ -113,6 +113,8 @@ def load_routes_module(routes: str) -> ModuleType:
             sys.path.insert(0, directory)
         try:
             spec.loader.exec_module(module)
+        except SystemExit as exc:
+            raise _exited(routes, exc) from None
         except Exception as exc:
             raise ConfigError(
                 f"routes file {routes!r} failed to import: {type(exc).__name__}: {exc}",
@@ -121,12 +123,28 @@ def load_routes_module(routes: str) -> ModuleType:
         return module
     try:
         return importlib.import_module(routes)
+    except SystemExit as exc:
+        raise _exited(routes, exc) from None
     except Exception as exc:
         raise ConfigError(
             f"config key 'routes' = {routes!r}: module failed to import: "
             f"{type(exc).__name__}: {exc}",
             key="routes",
         ) from exc
+
+
+def _exited(routes: str, exc: SystemExit) -> ConfigError:
+    """A routes file must not end the process: say so instead of exiting with its code."""
+    return ConfigError(
+        f"routes {routes!r} called sys.exit({exc.code!r}) while being imported: a routes file "
+        "must only define its Router and handlers; raise an exception instead to refuse to start",
+        key="routes",
+    )
+
+
+def has_router(module: ModuleType) -> bool:
+    """True when the module defines a :class:`Router` (what :func:`find_router` would use)."""
+    return any(isinstance(v, Router) for v in vars(module).values())
 
 
 def find_router(module: ModuleType) -> Router:

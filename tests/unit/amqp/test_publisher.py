@@ -18,6 +18,7 @@ from kazoo_amqp.errors import (
     PublishFailed,
     PublishNacked,
     ShuttingDown,
+    UsageError,
 )
 from tests.unit.amqp.harness import Outcomes, Rig, msg_ids, until
 
@@ -395,6 +396,26 @@ async def test_graceful_stop_waits_for_unconfirmed_publishes() -> None:
         rig.manager.submit("amq.topic", "k", {"I": i}, done=out.done_for(str(i)))
     await rig.manager.stop()
     assert len(out.results) == 30
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "headers", "error", "field"),
+    [
+        ("ex\ud800", "k", None, UsageError, "exchange name"),
+        ("amq.topic", "k\udc80", None, BadRoutingKey, "routing key"),
+        ("amq.topic", "k", "X-A=\ud800", UsageError, "AMQP headers"),
+    ],
+)
+async def test_a_lone_surrogate_in_a_name_is_a_typed_error_naming_the_field(
+    exchange: str, routing_key: str, headers: str | None, error: type[Exception], field: str
+) -> None:
+    """Issue 8: a lone surrogate in an exchange name was an untyped internal error with an
+    ERROR traceback (or, buffered, an exception in the event loop)."""
+    async with Rig("a") as rig:
+        with pytest.raises(error, match=f"{field} .*lone surrogate"):
+            rig.manager.submit(exchange, routing_key, {}, headers)
+        await asyncio.sleep(0.01)
+        assert rig.net["a"].published == []
 
 
 async def test_submit_returns_before_the_write_and_one_loop_turn_writes_all_in_order() -> None:
