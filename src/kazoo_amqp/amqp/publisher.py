@@ -301,21 +301,12 @@ class Publisher:
         """
         if self._closing:
             raise ShuttingDown("the daemon is stopping; publish refused")
-        buffer = self._buffer
         if self.pick(m.target) is None:
-            if len(buffer) >= self.settings.publish_buffer_size:
-                self.counters["buffer_rejected"] += 1
-                raise BufferFull(
-                    f"no broker can take the publish to exchange {m.exchange!r} now and the "
-                    f"publish buffer is full ({self.settings.publish_buffer_size} messages "
-                    f"waiting): raise publish_buffer_size or check RabbitMQ "
-                    f"({self._describe_links()})"
-                )
+            self._check_room(m)
             self.counters["buffered"] += 1
-        buffer.append(m)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self.counters["accepted"] += 1
+        self._buffer.append(m)
+        self._kick()
 
     def prepare(
         self,
@@ -395,18 +386,23 @@ class Publisher:
             self._write(link, m)
             self.counters["accepted"] += 1
             return
-        if link is None and len(self._buffer) >= self.settings.publish_buffer_size:
+        if link is None:
+            self._check_room(m)
+        self.counters["buffered"] += 1
+        self.counters["accepted"] += 1
+        self._buffer.append(m)
+        if link is not None:
+            self._kick()  # older messages are waiting: keep the order
+
+    def _check_room(self, m: Outgoing) -> None:
+        """Refuse ``m`` (no link can take it now) when the buffer is already full."""
+        if len(self._buffer) >= self.settings.publish_buffer_size:
             self.counters["buffer_rejected"] += 1
             raise BufferFull(
                 f"no broker can take the publish to exchange {m.exchange!r} now and the publish "
                 f"buffer is full ({self.settings.publish_buffer_size} messages waiting): raise "
                 f"publish_buffer_size or check RabbitMQ ({self._describe_links()})"
             )
-        self.counters["buffered"] += 1
-        self.counters["accepted"] += 1
-        self._buffer.append(m)
-        if link is not None:
-            self._kick()  # older messages are waiting: keep the order
 
     # -- links ----------------------------------------------------------------------------
     def pick(self, target: int | None) -> Link | None:
